@@ -1,0 +1,176 @@
+"""The batching scheduler: every session's decode work, one model call at a time.
+
+Sessions submit jobs; the scheduler gathers what is pending (waiting
+`batch_window` when the model was idle, so near-simultaneous jobs share a
+call), picks a batch with `pick_batch`, and runs it on the one model in a
+worker thread while the event loop keeps serving sockets.
+
+The policy is pure and lives in `pick_batch`:
+- finals before partials, then session priority (high, normal, low), then arrival;
+- at most `max_batch` jobs per call (1 is the unbatched baseline);
+- a session has at most one queued partial: a newer one replaces it;
+- a partial that waited longer than `partial_max_wait` is dropped, so under
+  overload partials go first and finals keep their pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+import numpy as np
+
+from stt_pod.stream import FINAL, PARTIAL, Job
+from stt_pod.words import Word
+from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
+
+log = logging.getLogger(__name__)
+
+PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+KIND_RANK = {FINAL: 0, PARTIAL: 1}
+
+Decode = Callable[[list[np.ndarray]], list[list[Word]]]
+
+
+@dataclass
+class Pending:
+    key: Hashable  # the submitting session
+    job: Job
+    priority: str
+    arrival: int
+    enqueued: float
+    future: asyncio.Future = field(repr=False)
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        return KIND_RANK[self.job.kind], PRIORITY_RANK[self.priority], self.arrival
+
+
+def pick_batch(queue: list[Pending], max_batch: int, now: float, partial_max_wait: float) -> tuple[list[Pending], list[Pending], list[Pending]]:
+    """Split the queue into (batch to run now, stale partials to drop, the rest)."""
+    stale = [p for p in queue if p.job.kind == PARTIAL and now - p.enqueued > partial_max_wait]
+    live = sorted((p for p in queue if p not in stale), key=lambda p: p.order)
+    return live[:max_batch], stale, live[max_batch:]
+
+
+class SchedulerClosed(Exception):
+    """The scheduler stopped before the job ran."""
+
+
+class BatchScheduler:
+    def __init__(self, decode: Decode, max_batch: int = 8, batch_window: float = 0.025,
+                 partial_max_wait: float = 1.5, metrics=None, clock: Callable[[], float] = time.monotonic):
+        self._decode = decode
+        self.max_batch = max(1, max_batch)
+        self.batch_window = batch_window
+        self.partial_max_wait = partial_max_wait
+        self._metrics = metrics
+        self._clock = clock
+        self._queue: list[Pending] = []
+        self._arrivals = itertools.count()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._task: asyncio.Task | None = None
+        self.busy = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for p in self._queue:
+            if not p.future.done():
+                p.future.set_exception(SchedulerClosed())
+        self._queue.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    def submit(self, key: Hashable, job: Job, priority: str = "normal") -> asyncio.Future:
+        """Queue a job; the future gets its words, or None if it was dropped."""
+        future = asyncio.get_running_loop().create_future()
+        if job.kind == PARTIAL:
+            self._drop(self._queued_partial(key), "replaced")
+        self._queue.append(Pending(key, job, priority, next(self._arrivals), self._clock(), future))
+        self._gauge()
+        self._wake.set()
+        return future
+
+    def withdraw_partial(self, key: Hashable) -> bool:
+        """Take back a session's partial that has not started; True if there was one."""
+        pending = self._queued_partial(key)
+        self._drop(pending, "withdrawn")
+        return pending is not None
+
+    def _queued_partial(self, key: Hashable) -> Pending | None:
+        return next((p for p in self._queue if p.key == key and p.job.kind == PARTIAL), None)
+
+    def _drop(self, pending: Pending | None, reason: str) -> None:
+        if pending is None:
+            return
+        self._queue.remove(pending)
+        if not pending.future.done():
+            pending.future.set_result(None)
+        if self._metrics:
+            self._metrics.partials_dropped.labels(reason).inc()
+        self._gauge()
+
+    def _gauge(self) -> None:
+        if self._metrics:
+            self._metrics.queue_length.set(len(self._queue))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                if self.batch_window > 0:
+                    await asyncio.sleep(self.batch_window)  # let near-simultaneous jobs join
+            now = self._clock()
+            batch, stale, rest = pick_batch(self._queue, self.max_batch, now, self.partial_max_wait)
+            for p in stale:
+                self._drop(p, "stale")
+            self._queue = rest
+            self._gauge()
+            batch = [p for p in batch if not p.future.done()]
+            if not batch:
+                continue
+            self.busy = True
+            started = time.monotonic()
+            try:
+                results = await loop.run_in_executor(self._executor, self._decode, [p.job.audio for p in batch])
+            except Exception as exc:  # the model failed: fail these jobs, keep serving
+                log.exception("decode of a batch of %d failed", len(batch))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            finally:
+                self.busy = False
+            self._observe(batch, now, time.monotonic() - started)
+            for p, words in zip(batch, results):
+                if not p.future.done():
+                    p.future.set_result(words)
+
+    def _observe(self, batch: list[Pending], now: float, seconds: float) -> None:
+        m = self._metrics
+        if not m:
+            return
+        m.batch_size.observe(len(batch))
+        m.compute_seconds.inc(seconds)
+        for p in batch:
+            m.queue_wait.labels(p.job.kind).observe(max(0.0, now - p.enqueued))
+            m.decoded_seconds.labels(p.job.kind).inc(len(p.job.audio) / SR)

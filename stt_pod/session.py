@@ -1,0 +1,194 @@
+"""A live session: ordered audio in, decode work out, results kept for delivery.
+
+Glue between a protocol front end (native or WhisperLive), the session's
+`SessionStream` and the pod's shared `BatchScheduler`. It outlives its
+WebSocket: results go to an outbox that a connection reads from a cursor, so
+a client that drops and resumes gets the finals produced while it was away,
+and a drain can flush a session whose client is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from stt_pod.audio import AudioDecoder
+from stt_pod.metrics import PodMetrics
+from stt_pod.ordering import FrameOrderer
+from stt_pod.scheduler import BatchScheduler
+from stt_pod.stream import FinalEvent, Job, PartialEvent, SessionStream
+from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
+from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError, Start
+
+log = logging.getLogger(__name__)
+
+MAX_FINAL_HISTORY = 2000
+"""Finals kept for redelivery on resume; older ones were surely received."""
+
+
+@dataclass(frozen=True)
+class EndEvent:
+    """The session is over: every final is in the outbox before this."""
+
+    close_code: int
+    audio_seconds: float
+    segments: int
+    error: ProtocolError | None = None
+
+
+@dataclass(frozen=True)
+class WarningEvent:
+    code: str
+    message: str
+    first: int
+    last: int
+
+
+Event = FinalEvent | WarningEvent | EndEvent
+
+
+class Session:
+    def __init__(self, start: Start, stream: SessionStream, scheduler: BatchScheduler,
+                 metrics: PodMetrics, max_reorder_frames: int, protocol: str = "native"):
+        self.id = uuid.uuid4().hex
+        self.start = start
+        self.protocol = protocol
+        self.stream = stream
+        self.decoder = AudioDecoder(start.audio)
+        self.orderer = FrameOrderer(max_reorder_frames)
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self.outbox: list[Event] = []  # finals, warnings, end; partials are not history
+        self.outbox_base = 0  # index of outbox[0] since the session began
+        self.partial: PartialEvent | None = None
+        self.partial_version = 0
+        self.changed = asyncio.Event()  # set when there is something new to send
+        self._in_flight: set[asyncio.Future] = set()
+        self.ended: EndEvent | None = None
+        self.connected = False
+        self.last_activity = time.monotonic()
+        self._backlog_ok = asyncio.Event()
+        self._backlog_ok.set()
+        self._end_close_code = CloseCode.NORMAL
+        self._end_error: ProtocolError | None = None
+
+    # --- audio in
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.stream.total / SR
+
+    def accept_frame(self, seq: int, payload: bytes) -> None:
+        """Apply one binary frame (any order); raises ProtocolError on bad audio."""
+        self.last_activity = time.monotonic()
+        if self.stream.finished:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "audio after end of audio")
+        ordered = self.orderer.push(seq, bytes(payload))
+        self._apply(ordered)
+
+    def _apply(self, ordered) -> None:
+        if ordered.duplicate:
+            self._metrics.frames_duplicate.inc()
+        for first, last in ordered.skipped:
+            self._metrics.frames_gap.inc(last - first + 1)
+            self._post(WarningEvent("gap", f"audio frames {first}..{last} never arrived; skipped", first, last))
+        now = time.monotonic()
+        for _, payload in ordered.frames:
+            samples = self.decoder.decode(payload)
+            self._feed(samples, now)
+        self.pump()
+
+    def _feed(self, samples: np.ndarray, now: float) -> None:
+        self.stream.feed(samples, now)
+        self._metrics.audio_seconds.inc(len(samples) / SR)
+
+    async def wait_for_backlog(self, max_seconds: float) -> None:
+        """Backpressure: hold the reader while too much audio awaits decoding."""
+        while self.stream.backlog_seconds > max_seconds and not self.ended:
+            self._backlog_ok.clear()
+            await self._backlog_ok.wait()
+
+    def finish(self, close_code: int = CloseCode.NORMAL, error: ProtocolError | None = None) -> None:
+        """End of audio (or end forced by the pod): flush every remaining final."""
+        if self.stream.finished:
+            return
+        self._end_close_code, self._end_error = close_code, error
+        try:
+            self._apply(self.orderer.flush())
+            self._feed(self.decoder.flush(), time.monotonic())
+        except ProtocolError as exc:  # held frames were bad: keep what was good
+            log.info("session %s: dropping bad held audio at end: %s", self.id, exc.message)
+        self.stream.finish()
+        self.pump()
+
+    # --- decode work
+
+    def pump(self) -> None:
+        """Hand the stream's new work to the scheduler."""
+        if self.stream.wants_final() and self.stream.partial_in_flight:
+            self._scheduler.withdraw_partial(self)  # its future resolves None: see _done
+        for job in self.stream.jobs():
+            future = self._scheduler.submit(self, job, self.start.priority)
+            self._in_flight.add(future)
+            future.add_done_callback(lambda f, job=job: self._done(job, f))
+        self._check_end()
+
+    def _done(self, job: Job, future: asyncio.Future) -> None:
+        self._in_flight.discard(future)
+        if future.cancelled():
+            words = None
+        elif future.exception() is not None:
+            log.error("session %s: decode failed: %r", self.id, future.exception())
+            words = None
+            if self._end_error is None:
+                self._end_close_code = CloseCode.INTERNAL
+                self._end_error = ProtocolError(ErrorCode.INTERNAL, "decoding failed", CloseCode.INTERNAL)
+        else:
+            words = future.result()
+        for event in self.stream.on_result(job, words, time.monotonic()):
+            if isinstance(event, FinalEvent):
+                self._metrics.finals.inc()
+                if event.latency is not None:
+                    self._metrics.final_latency.observe(event.latency)
+                self._post(event)
+            elif self.connected:
+                self._metrics.partials.inc()
+                self.partial = event
+                self.partial_version += 1
+                self._notify()
+        self._backlog_ok.set()  # the reader re-checks its backlog
+        self.pump()
+
+    def _check_end(self) -> None:
+        if self.ended is None and self.stream.done:
+            self.ended = EndEvent(self._end_close_code, self.audio_seconds, self.stream.next_segment_id, self._end_error)
+            self._post(self.ended)
+            self._backlog_ok.set()
+
+    # --- results out
+
+    def _post(self, event: Event) -> None:
+        self.outbox.append(event)
+        if len(self.outbox) > MAX_FINAL_HISTORY:
+            drop = len(self.outbox) - MAX_FINAL_HISTORY
+            del self.outbox[:drop]
+            self.outbox_base += drop
+        self._notify()
+
+    def _notify(self) -> None:
+        self.changed.set()
+
+    def cursor_after_segment(self, segment_id: int) -> int:
+        """Outbox position just past final `segment_id` (for resume)."""
+        for i, event in enumerate(self.outbox):
+            if isinstance(event, FinalEvent) and event.segment_id > segment_id:
+                return self.outbox_base + i
+        return self.outbox_base + len(self.outbox)
+
+    def events_from(self, cursor: int) -> list[Event]:
+        return self.outbox[max(0, cursor - self.outbox_base):]

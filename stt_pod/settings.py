@@ -1,0 +1,58 @@
+"""Every knob and limit of an STT pod, with its safe default and its reason.
+
+Set by flag (`voxfleet pod --max-sessions 8`) or environment
+(`VOXFLEET_POD_MAX_SESSIONS=8`); see voxfleet.settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voxfleet.settings import setting
+
+ENV_PREFIX = "VOXFLEET_POD_"
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    # --- where it listens
+    host: str = setting("127.0.0.1", "address to bind (HTTP and WebSocket share it)")
+    port: int = setting(8765, "port to bind; 0 picks a free one")
+    pod_id: str = setting("", "identity of this pod in tokens and logs; default: host name")
+
+    # --- the model
+    model: str = setting("tiny.en", "faster-whisper model: a name, or a path to a converted model")
+    device: str = setting("cpu", "where the model runs", choices=("cpu", "cuda", "auto"))
+    compute_type: str = setting("int8", "CTranslate2 compute type (int8, int8_float16, float16, float32, ...)")
+    cpu_threads: int = setting(0, "threads for the model on CPU; 0 means all cores")
+    beam_size: int = setting(1, "beam width of each decode; 1 is greedy and cheapest")
+
+    # --- the scheduler
+    max_batch: int = setting(8, "most decode jobs in one model call; 1 is the unbatched baseline")
+    batch_window_ms: int = setting(25, "how long an idle scheduler waits to gather a batch")
+    partial_max_wait_ms: int = setting(1500, "a queued partial older than this is dropped (overload shedding)")
+    encode_pad_seconds: float = setting(1.0, "silence appended to each decode window before encoding")
+    encode_bucket_seconds: float = setting(2.0, "encoder input lengths are rounded up to this, so batches line up")
+
+    # --- streaming decoding
+    partial_interval_ms: int = setting(1000, "new speech between two partial decodes of a session")
+    max_window_seconds: float = setting(15.0, "longest audio window one decode sees; bounds cost per second")
+    final_silence_ms: int = setting(500, "silence that ends an utterance and triggers its final")
+    vad_threshold: float = setting(0.5, "speech probability that starts speech")
+    speech_pad_ms: int = setting(200, "audio kept around detected speech so word edges are not cut")
+    min_speech_ms: int = setting(250, "speech shorter than this is ignored as noise")
+
+    # --- admission and limits
+    max_sessions: int = setting(16, "concurrent sessions; more are refused with close 1013")
+    max_frame_bytes: int = setting(1 << 20, "largest WebSocket message; larger closes with 1009")
+    max_session_seconds: float = setting(4 * 3600.0, "longest audio one session may send")
+    max_backlog_seconds: float = setting(60.0, "undecoded audio per session before the pod stops reading (backpressure)")
+    max_reorder_frames: int = setting(64, "out-of-order frames held while waiting for a missing one")
+    start_timeout_seconds: float = setting(10.0, "time a new connection has to send its first message")
+    idle_timeout_seconds: float = setting(60.0, "a session that sends nothing this long is finished and closed")
+
+    # --- lifecycle
+    resume_grace_seconds: float = setting(30.0, "how long a dropped session waits for its client to resume")
+    drain_timeout_seconds: float = setting(300.0, "on SIGTERM, how long active sessions may continue")
+    token_secret: str = setting("", "HMAC secret for resume tokens; default: random per process")
+    log_level: str = setting("info", "logging level", choices=("debug", "info", "warning", "error"))

@@ -1,0 +1,242 @@
+"""One session's streaming decoder, sans I/O: audio in, decode jobs and results out.
+
+The state machine behind every session, whatever its protocol. It owns the
+session's 16 kHz audio, finds speech with the VAD, decides what to decode and
+when, and turns decode results into partials and finals:
+
+- a closed utterance (speech, then `final_silence_ms` of quiet) becomes a
+  *final* job over just that utterance;
+- while speech goes on, every `partial_interval_ms` of new audio becomes a
+  *partial* job over the open utterance; LocalAgreement-2 commits the words two
+  consecutive partials agree on as finals, and the rest is shown as the partial;
+- the window never exceeds `max_window_seconds` (the segmenter splits long
+  speech), so the cost per second of audio does not grow with session length.
+
+At most one partial is in flight, and finals are only created when none is,
+so a final's window always starts at the commit point: nothing is said twice.
+Finals of consecutive utterances may be in flight together (a fast upload
+gets its whole backlog decoded in batches). It knows no sockets and no clock:
+callers pass the wall time in, so tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from stt_pod.agreement import LocalAgreement
+from stt_pod.vad import CHUNK, Segmenter
+from stt_pod.words import Word, join
+from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
+
+FINAL = "final"
+PARTIAL = "partial"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    partial_interval: float = 1.0
+    max_window: float = 15.0
+    final_silence: float = 0.5
+    vad_threshold: float = 0.5
+    speech_pad: float = 0.2
+    min_speech: float = 0.25
+    partials: bool = True
+
+
+@dataclass
+class Job:
+    """A window of one session's audio to decode."""
+
+    kind: str
+    start: int  # first sample, in session samples
+    end: int  # one past the last sample
+    audio: np.ndarray = field(repr=False)
+
+    @property
+    def offset(self) -> float:
+        return self.start / SR
+
+
+@dataclass(frozen=True)
+class FinalEvent:
+    segment_id: int
+    text: str
+    start: float
+    end: float
+    latency: float | None  # wall seconds from the segment's last audio arriving to now
+
+
+@dataclass(frozen=True)
+class PartialEvent:
+    text: str
+    start: float
+    end: float
+
+
+class SessionStream:
+    def __init__(self, config: StreamConfig, vad: Callable[[np.ndarray], np.ndarray]):
+        self.config = config
+        self._vad = vad
+        chunk_seconds = CHUNK / SR
+        self.segmenter = Segmenter(
+            threshold=config.vad_threshold,
+            min_silence=round(config.final_silence / chunk_seconds),
+            min_speech=round(config.min_speech / chunk_seconds),
+            max_chunks=int(config.max_window / chunk_seconds),
+        )
+        self._pad = int(config.speech_pad * SR)
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffer_start = 0  # session sample index of _buffer[0]
+        self.total = 0  # samples received
+        self.committed = 0  # audio before this sample is final (or was silence)
+        self._closed: deque[tuple[int, int]] = deque()  # utterances awaiting their final job
+        self.finals_in_flight = 0
+        self.partial_in_flight = False
+        self._last_partial_end = 0
+        self._last_partial_text = ""
+        self.agreement = LocalAgreement()
+        self.next_segment_id = 0
+        self.finished = False
+        self._arrival_samples: list[int] = []  # samples received after each feed
+        self._arrival_times: list[float] = []
+
+    # --- input
+
+    def feed(self, samples: np.ndarray, now: float) -> None:
+        if self.finished or not len(samples):
+            return
+        self._buffer = np.concatenate([self._buffer, samples])
+        self.total += len(samples)
+        self._arrival_samples.append(self.total)
+        self._arrival_times.append(now)
+        for utt in self.segmenter.feed(self._vad(samples)):
+            self._close(utt.start * CHUNK, utt.end * CHUNK)
+
+    def finish(self) -> None:
+        """End of audio: whatever speech is open becomes a final."""
+        if self.finished:
+            return
+        for utt in self.segmenter.finish():
+            self._close(utt.start * CHUNK, min(utt.end * CHUNK, self.total))
+        self.finished = True
+
+    def _close(self, start: int, end: int) -> None:
+        self._closed.append((max(start - self._pad, 0), min(end + self._pad, self.total)))
+
+    # --- what to decode
+
+    @property
+    def done(self) -> bool:
+        """Finished, and every final has been produced."""
+        return self.finished and not self._closed and not self.finals_in_flight and not self.partial_in_flight
+
+    @property
+    def backlog_seconds(self) -> float:
+        """Audio held but not yet final: what a fast sender has queued up."""
+        return (self.total - self._buffer_start) / SR
+
+    def wants_final(self) -> bool:
+        return bool(self._closed)
+
+    def jobs(self) -> list[Job]:
+        """New decode work, to hand to the scheduler now."""
+        jobs: list[Job] = []
+        if self.partial_in_flight:
+            return jobs
+        while self._closed:
+            start, end = self._closed.popleft()
+            start = max(start, self.committed)
+            if end - start >= CHUNK:
+                jobs.append(self._job(FINAL, start, end))
+            else:
+                self.committed = max(self.committed, end)
+        self.finals_in_flight += len(jobs)
+        if not jobs and self._partial_due():
+            start = max(self.committed, self.segmenter.start * CHUNK - self._pad)
+            jobs.append(self._job(PARTIAL, start, self.total))
+            self.partial_in_flight = True
+            self._last_partial_end = self.total
+        self._trim()
+        return jobs
+
+    def _partial_due(self) -> bool:
+        return (
+            self.config.partials
+            and not self.finished
+            and not self.finals_in_flight
+            and self.segmenter.in_speech
+            and self.total - self._last_partial_end >= self.config.partial_interval * SR
+        )
+
+    def _job(self, kind: str, start: int, end: int) -> Job:
+        lo, hi = start - self._buffer_start, end - self._buffer_start
+        return Job(kind, start, end, self._buffer[lo:hi].copy())
+
+    def _trim(self) -> None:
+        """Drop audio that no future job can need."""
+        keep = self.total - self._pad
+        if self._closed:
+            keep = min(keep, self._closed[0][0])
+        if self.segmenter.in_speech:
+            keep = min(keep, self.segmenter.start * CHUNK - self._pad)
+        keep = max(keep, self._buffer_start)
+        if keep > self._buffer_start:
+            self._buffer = self._buffer[keep - self._buffer_start :]
+            self._buffer_start = keep
+            if not self._closed and not self.finals_in_flight:
+                self.committed = max(self.committed, min(keep, self._last_final_safe()))
+        cut = bisect.bisect_left(self._arrival_samples, keep)
+        if cut > 1:
+            del self._arrival_samples[: cut - 1], self._arrival_times[: cut - 1]
+
+    def _last_final_safe(self) -> int:
+        """Silence before an open utterance is committed too: nothing to say there."""
+        return self.segmenter.start * CHUNK - self._pad if self.segmenter.in_speech else self.total - self._pad
+
+    # --- results
+
+    def on_result(self, job: Job, words: list[Word] | None, now: float) -> list[FinalEvent | PartialEvent]:
+        """Apply a decode result; `None` means the scheduler dropped the job."""
+        if job.kind == PARTIAL:
+            self.partial_in_flight = False
+            if words is None or self.finished or self._closed:
+                return []
+            agreed, tentative = self.agreement.update(
+                [w.shifted(job.offset) for w in words], self.committed / SR
+            )
+            events: list[FinalEvent | PartialEvent] = []
+            if agreed:
+                self.committed = max(self.committed, int(agreed[-1].end * SR))
+                events.append(self._final(agreed, now))
+            text = join(tentative)
+            if text != self._last_partial_text:
+                self._last_partial_text = text
+                start = tentative[0].start if tentative else self.committed / SR
+                events.append(PartialEvent(text, start, tentative[-1].end if tentative else start))
+            return events
+        self.finals_in_flight -= 1
+        fresh = self.agreement.fresh([w.shifted(job.offset) for w in (words or [])], self.committed / SR)
+        self.committed = max(self.committed, job.end)
+        self.agreement.reset()
+        self._last_partial_text = ""
+        if not join(fresh):
+            return []
+        self.agreement.commit(fresh)
+        return [self._final(fresh, now)]
+
+    def _final(self, words: list[Word], now: float) -> FinalEvent:
+        segment_id = self.next_segment_id
+        self.next_segment_id += 1
+        end_sample = min(int(words[-1].end * SR), self.total)
+        return FinalEvent(segment_id, join(words), words[0].start, words[-1].end, self._latency(end_sample, now))
+
+    def _latency(self, sample: int, now: float) -> float | None:
+        i = bisect.bisect_left(self._arrival_samples, sample)
+        if i >= len(self._arrival_times):
+            return None
+        return max(0.0, now - self._arrival_times[i])

@@ -1,0 +1,5 @@
+import sys
+
+from voxfleet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,138 @@
+"""The `voxfleet` command: the one front door to every component.
+
+    voxfleet pod [--port 8765 ...]        run an STT pod
+    voxfleet transcribe URL FILE          stream a file, print the transcript
+    voxfleet demo                         start a local pod, transcribe the bundled sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+from voxfleet import settings as settings_mod
+
+SAMPLE = "samples/voxfleet-sample.wav"
+
+
+def bundled_sample() -> Path:
+    return Path(str(resources.files("voxfleet").joinpath(SAMPLE)))
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_pod(args: argparse.Namespace) -> int:
+    from stt_pod.server import run_pod
+    from stt_pod.settings import ENV_PREFIX, PodSettings
+
+    pod_settings = settings_mod.load(PodSettings, ENV_PREFIX, args)
+    _logging(pod_settings.log_level)
+    asyncio.run(run_pod(pod_settings))
+    return 0
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from voxfleet.client import TranscriptionError, transcribe
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+    async def run() -> None:
+        async for result in transcribe(args.url, args.file, realtime=args.realtime, partials=args.partials,
+                                       language=args.language, priority=args.priority):
+            if result.final:
+                if args.partials:
+                    print("\r\033[K", end="", file=sys.stderr)
+                print(result.text, flush=True)
+            elif args.partials:
+                print(f"\r\033[K… {result.text}", end="", file=sys.stderr, flush=True)
+
+    try:
+        asyncio.run(run())
+    except TranscriptionError as exc:
+        print(f"voxfleet transcribe: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"voxfleet transcribe: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Poll an HTTP readiness endpoint until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout:g} s")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a pod on loopback, transcribe the bundled sample through it, stop."""
+    env = dict(os.environ, VOXFLEET_POD_LOG_LEVEL="warning")
+    pod = subprocess.Popen([sys.executable, "-m", "voxfleet", "pod", "--host", "127.0.0.1", "--port", str(args.port)], env=env)
+    try:
+        print(f"starting a pod on 127.0.0.1:{args.port} (model tiny.en) ...", file=sys.stderr)
+        wait_ready(f"http://127.0.0.1:{args.port}/readyz", 120, pod)
+        sample = Path(args.file) if args.file else bundled_sample()
+        print(f"transcribing {sample.name}:", file=sys.stderr)
+        code = cmd_transcribe(argparse.Namespace(url=f"ws://127.0.0.1:{args.port}", file=sample, realtime=False,
+                                                 partials=False, language="en", priority="normal"))
+    finally:
+        pod.send_signal(signal.SIGTERM)
+        pod.wait(30)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stt_pod.settings import ENV_PREFIX, PodSettings
+
+    parser = argparse.ArgumentParser(prog="voxfleet", description="Streaming speech-to-text for many live clients.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pod = sub.add_parser("pod", help="run an STT pod (one model, many sessions)")
+    settings_mod.add_arguments(pod, PodSettings, ENV_PREFIX)
+    pod.set_defaults(func=cmd_pod)
+
+    tr = sub.add_parser("transcribe", help="stream an audio file to a pod or router and print the transcript")
+    tr.add_argument("url", help="ws://host:port of a pod or router")
+    tr.add_argument("file", help="audio file (WAV: any rate, channels, pcm16 or float)")
+    tr.add_argument("--realtime", action="store_true", help="send the audio at real-time pace")
+    tr.add_argument("--partials", action="store_true", help="show partial results on stderr")
+    tr.add_argument("--language", default="en")
+    tr.add_argument("--priority", default="normal", choices=("high", "normal", "low"))
+    tr.set_defaults(func=cmd_transcribe)
+
+    demo = sub.add_parser("demo", help="start a local pod and transcribe the bundled sample")
+    demo.add_argument("--port", type=int, default=8765)
+    demo.add_argument("--file", help="another audio file to transcribe instead")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as exc:  # bad settings from the environment
+        print(f"voxfleet: {exc}", file=sys.stderr)
+        return 2

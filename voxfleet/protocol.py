@@ -1,0 +1,264 @@
+"""The native voxfleet wire protocol, sans I/O.
+
+Everything a client, a pod and a router must agree on lives here: message
+shapes, the binary audio frame layout, error codes and WebSocket close codes.
+Parsing never raises anything but `ProtocolError`, which carries the error
+code and close code the peer should see, so every transport answers bad input
+the same way. See docs/protocol.md for the narrative version.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+# --- audio -----------------------------------------------------------------
+
+MODEL_SAMPLE_RATE = 16_000
+"""What the model hears; every session is resampled to this."""
+
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 48_000
+MAX_CHANNELS = 8
+
+ENCODINGS = {"pcm16": 2, "float32": 4}
+"""Accepted sample encodings (little-endian) and their sample width in bytes."""
+
+PRIORITIES = ("high", "normal", "low")
+
+FRAME_HEADER = struct.Struct(">I")
+"""A binary frame is a big-endian uint32 sequence number, then audio samples."""
+
+MAX_SEQ = 2**32 - 1
+
+
+def pack_frame(seq: int, audio: bytes) -> bytes:
+    return FRAME_HEADER.pack(seq) + audio
+
+
+def unpack_frame(data: bytes) -> tuple[int, memoryview]:
+    if len(data) < FRAME_HEADER.size:
+        raise ProtocolError("bad_frame", f"binary frame of {len(data)} bytes has no sequence header", CloseCode.INVALID_DATA)
+    (seq,) = FRAME_HEADER.unpack_from(data)
+    return seq, memoryview(data)[FRAME_HEADER.size :]
+
+
+# --- close and error codes -----------------------------------------------------
+
+
+class CloseCode:
+    """WebSocket close codes, used with the meaning RFC 6455 gives them."""
+
+    NORMAL = 1000  # session ended, every final delivered
+    GOING_AWAY = 1001  # pod draining or shutting down
+    UNSUPPORTED = 1003  # audio format the pod cannot take
+    INVALID_DATA = 1007  # malformed JSON or audio payload
+    POLICY = 1008  # protocol misuse, limits, bad or forged tokens
+    TOO_BIG = 1009  # frame over max_frame_bytes
+    INTERNAL = 1011  # the pod failed
+    TRY_AGAIN_LATER = 1013  # full or draining: try another pod or later
+
+
+class ErrorCode:
+    BAD_JSON = "bad_json"
+    BAD_MESSAGE = "bad_message"
+    UNKNOWN_MESSAGE = "unknown_message"
+    AUDIO_BEFORE_START = "audio_before_start"
+    UNSUPPORTED_AUDIO = "unsupported_audio"
+    BAD_FRAME = "bad_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
+    FULL = "full"
+    DRAINING = "draining"
+    SESSION_TOO_LONG = "session_too_long"
+    IDLE_TIMEOUT = "idle_timeout"
+    START_TIMEOUT = "start_timeout"
+    INVALID_TOKEN = "invalid_token"
+    UNKNOWN_SESSION = "unknown_session"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """Bad input from a peer: what to tell it and how to close."""
+
+    def __init__(self, code: str, message: str, close_code: int = CloseCode.POLICY):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+    def to_message(self) -> dict[str, Any]:
+        return error(self.code, self.message)
+
+
+# --- client messages -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    sample_rate: int = MODEL_SAMPLE_RATE
+    encoding: str = "pcm16"
+    channels: int = 1
+
+    @property
+    def bytes_per_frame(self) -> int:
+        """Bytes of one sample across all channels."""
+        return ENCODINGS[self.encoding] * self.channels
+
+    def seconds(self, nbytes: int) -> float:
+        return nbytes / self.bytes_per_frame / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Start:
+    """First message of a new session."""
+
+    audio: AudioFormat = field(default_factory=AudioFormat)
+    language: str | None = "en"
+    priority: str = "normal"
+    partials: bool = True
+
+
+@dataclass(frozen=True)
+class Resume:
+    """First message of a reconnect: continue the session the token names."""
+
+    token: str
+    last_seq: int = -1  # highest audio seq the client saw acknowledged
+    last_segment_id: int = -1  # highest final segment id the client received
+
+
+@dataclass(frozen=True)
+class End:
+    """End of audio: flush every remaining final, then close 1000."""
+
+
+def _require(obj: dict, key: str, kind: type | tuple, default: Any = ...) -> Any:
+    if key not in obj:
+        if default is ...:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'{key}' is required")
+        return default
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'{key}' must be {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def parse_audio_format(obj: dict) -> AudioFormat:
+    rate = _require(obj, "sample_rate", int, MODEL_SAMPLE_RATE)
+    encoding = _require(obj, "encoding", str, "pcm16")
+    channels = _require(obj, "channels", int, 1)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_AUDIO,
+            f"sample_rate {rate} outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}",
+            CloseCode.UNSUPPORTED,
+        )
+    if encoding not in ENCODINGS:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_AUDIO,
+            f"encoding {encoding!r} is not one of {', '.join(ENCODINGS)}",
+            CloseCode.UNSUPPORTED,
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_AUDIO, f"channels {channels} outside 1..{MAX_CHANNELS}", CloseCode.UNSUPPORTED
+        )
+    return AudioFormat(rate, encoding, channels)
+
+
+def decode_json(text: str | bytes) -> dict:
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}", CloseCode.INVALID_DATA) from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, "a message must be a JSON object", CloseCode.INVALID_DATA)
+    return obj
+
+
+def parse_client_message(text: str | bytes) -> Start | Resume | End:
+    """Parse one JSON text message from a client."""
+    obj = decode_json(text)
+    kind = obj.get("type")
+    if kind == "start":
+        language = _require(obj, "language", (str, type(None)), "en")
+        priority = _require(obj, "priority", str, "normal")
+        if priority not in PRIORITIES:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"priority must be one of {', '.join(PRIORITIES)}")
+        options = _require(obj, "options", dict, {})
+        partials = _require(options, "partials", bool, True)
+        return Start(parse_audio_format(obj), language or None, priority, partials)
+    if kind == "resume":
+        token = _require(obj, "token", str)
+        last_seq = _require(obj, "last_seq", int, -1)
+        last_segment_id = _require(obj, "last_segment_id", int, -1)
+        return Resume(token, last_seq, last_segment_id)
+    if kind == "end":
+        return End()
+    raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {kind!r}")
+
+
+def start_message(start: Start) -> dict[str, Any]:
+    return {
+        "type": "start",
+        "sample_rate": start.audio.sample_rate,
+        "encoding": start.audio.encoding,
+        "channels": start.audio.channels,
+        "language": start.language,
+        "priority": start.priority,
+        "options": {"partials": start.partials},
+    }
+
+
+def resume_message(resume: Resume) -> dict[str, Any]:
+    return {
+        "type": "resume",
+        "token": resume.token,
+        "last_seq": resume.last_seq,
+        "last_segment_id": resume.last_segment_id,
+    }
+
+
+END = {"type": "end"}
+
+# --- server messages -----------------------------------------------------------
+
+
+def ready(session_id: str, resume_token: str, next_seq: int = 0, resumed: bool = False) -> dict[str, Any]:
+    return {
+        "type": "ready",
+        "session_id": session_id,
+        "resume_token": resume_token,
+        "next_seq": next_seq,
+        "resumed": resumed,
+    }
+
+
+def partial(text: str, start: float, end: float) -> dict[str, Any]:
+    return {"type": "partial", "text": text, "start": round(start, 3), "end": round(end, 3)}
+
+
+def final(segment_id: int, text: str, start: float, end: float) -> dict[str, Any]:
+    return {"type": "final", "segment_id": segment_id, "text": text, "start": round(start, 3), "end": round(end, 3)}
+
+
+def ack(seq: int) -> dict[str, Any]:
+    return {"type": "ack", "seq": seq}
+
+
+def warning(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "warning", "code": code, "message": message, **extra}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}
+
+
+def end(segments: int, audio_seconds: float) -> dict[str, Any]:
+    return {"type": "end", "segments": segments, "audio_seconds": round(audio_seconds, 3)}
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
