@@ -31,7 +31,7 @@ class PodSettings:
     max_batch: int = setting(8, "most decode jobs in one model call; 1 is the unbatched baseline")
     batch_window_ms: int = setting(25, "how long an idle scheduler waits to gather a batch")
     partial_max_wait_ms: int = setting(1500, "a queued partial older than this is dropped (overload shedding)")
-    encode_pad_seconds: float = setting(1.0, "silence appended to each decode window before encoding")
+    encode_pad_seconds: float = setting(4.0, "silence appended to each window before encoding; shorter is cheaper but loops more often (30 = Whisper's full context)")
     encode_bucket_seconds: float = setting(2.0, "encoder input lengths are rounded up to this, so batches line up")
 
     # --- streaming decoding

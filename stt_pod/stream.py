@@ -9,11 +9,14 @@ when, and turns decode results into partials and finals:
 - while speech goes on, every `partial_interval_ms` of new audio becomes a
   *partial* job over the open utterance; LocalAgreement-2 commits the words two
   consecutive partials agree on as finals, and the rest is shown as the partial;
+- windows always start at their utterance's start, not at the last committed
+  word: Whisper hears a sentence much better from its beginning, and words
+  already committed are recognised by their time and dropped;
 - the window never exceeds `max_window_seconds` (the segmenter splits long
   speech), so the cost per second of audio does not grow with session length.
 
 At most one partial is in flight, and finals are only created when none is,
-so a final's window always starts at the commit point: nothing is said twice.
+so the commit point a result is compared with is never stale: nothing is said twice.
 Finals of consecutive utterances may be in flight together (a fast upload
 gets its whole backlog decoded in batches). It knows no sockets and no clock:
 callers pass the wall time in, so tests drive it directly.
@@ -150,14 +153,13 @@ class SessionStream:
             return jobs
         while self._closed:
             start, end = self._closed.popleft()
-            start = max(start, self.committed)
-            if end - start >= CHUNK:
+            if end - max(start, self.committed) >= CHUNK:
                 jobs.append(self._job(FINAL, start, end))
             else:
                 self.committed = max(self.committed, end)
         self.finals_in_flight += len(jobs)
         if not jobs and self._partial_due():
-            start = max(self.committed, self.segmenter.start * CHUNK - self._pad)
+            start = self.segmenter.start * CHUNK - self._pad
             jobs.append(self._job(PARTIAL, start, self.total))
             self.partial_in_flight = True
             self._last_partial_end = self.total
@@ -174,12 +176,13 @@ class SessionStream:
         )
 
     def _job(self, kind: str, start: int, end: int) -> Job:
+        start = max(start, self._buffer_start)
         lo, hi = start - self._buffer_start, end - self._buffer_start
         return Job(kind, start, end, self._buffer[lo:hi].copy())
 
     def _trim(self) -> None:
         """Drop audio that no future job can need."""
-        keep = self.total - self._pad
+        keep = self.total - self._pad - CHUNK  # the VAD may not have seen the last chunk yet
         if self._closed:
             keep = min(keep, self._closed[0][0])
         if self.segmenter.in_speech:
@@ -196,7 +199,7 @@ class SessionStream:
 
     def _last_final_safe(self) -> int:
         """Silence before an open utterance is committed too: nothing to say there."""
-        return self.segmenter.start * CHUNK - self._pad if self.segmenter.in_speech else self.total - self._pad
+        return self.segmenter.start * CHUNK - self._pad if self.segmenter.in_speech else self.total - self._pad - CHUNK
 
     # --- results
 

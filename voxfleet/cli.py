@@ -30,6 +30,7 @@ def bundled_sample() -> Path:
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def cmd_pod(args: argparse.Namespace) -> int:
