@@ -103,11 +103,13 @@ async def _wait_forever() -> None:
 
 async def _write(ws: ServerConnection, session: Session, cursor: int) -> None:
     partial_sent = session.partial_version
-    acked = -1
+    acked: tuple | None = None
     loop = asyncio.get_running_loop()
     next_ack = loop.time()
     while True:
         session.changed.clear()
+        # Taken before sending: every final the ack vouches for is in this round.
+        ack = session.ack()
         for event in session.events_from(cursor):
             cursor += 1
             if isinstance(event, FinalEvent):
@@ -117,17 +119,17 @@ async def _write(ws: ServerConnection, session: Session, cursor: int) -> None:
             elif isinstance(event, EndEvent):
                 if event.error is not None:
                     await ws.send(p.encode(event.error.to_message()))
-                await ws.send(p.encode(p.ack(session.orderer.last_applied)))
+                await ws.send(p.encode(p.ack(*session.ack())))
                 await ws.send(p.encode(p.end(event.segments, event.audio_seconds)))
                 return
         if session.partial_version != partial_sent and session.partial is not None:
             partial_sent = session.partial_version
             pe = session.partial
             await ws.send(p.encode(p.partial(pe.text, pe.start, pe.end)))
-        if session.orderer.last_applied != acked and loop.time() >= next_ack:
-            acked = session.orderer.last_applied
+        if ack != acked and loop.time() >= next_ack:
+            acked = ack
             next_ack = loop.time() + ACK_INTERVAL
-            await ws.send(p.encode(p.ack(acked)))
+            await ws.send(p.encode(p.ack(*ack)))
         try:
             await asyncio.wait_for(session.changed.wait(), ACK_INTERVAL)
         except asyncio.TimeoutError:

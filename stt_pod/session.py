@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,8 @@ class Session:
         self.last_activity = time.monotonic()
         self._backlog_ok = asyncio.Event()
         self._backlog_ok.set()
+        self._frame_ends: deque[tuple[int, int]] = deque()  # (seq, session samples after it)
+        self._committed_seq = -1
         self._end_close_code = CloseCode.NORMAL
         self._end_error: ProtocolError | None = None
 
@@ -98,14 +101,24 @@ class Session:
             self._metrics.frames_gap.inc(last - first + 1)
             self._post(WarningEvent("gap", f"audio frames {first}..{last} never arrived; skipped", first, last))
         now = time.monotonic()
-        for _, payload in ordered.frames:
+        for seq, payload in ordered.frames:
             samples = self.decoder.decode(payload)
             self._feed(samples, now)
+            self._frame_ends.append((seq, self.stream.total))
         self.pump()
 
     def _feed(self, samples: np.ndarray, now: float) -> None:
         self.stream.feed(samples, now)
         self._metrics.audio_seconds.inc(len(samples) / SR)
+
+    def ack(self) -> tuple[int, int, float]:
+        """(highest frame applied, highest frame whose audio is all final, seconds final)."""
+        committed = self.stream.committed if not self.ended else self.stream.total
+        while self._frame_ends and self._frame_ends[0][1] <= committed:
+            self._committed_seq = self._frame_ends.popleft()[0]
+        if self.ended and not self._frame_ends:
+            self._committed_seq = self.orderer.last_applied
+        return self.orderer.last_applied, self._committed_seq, committed / SR
 
     async def wait_for_backlog(self, max_seconds: float) -> None:
         """Backpressure: hold the reader while too much audio awaits decoding."""

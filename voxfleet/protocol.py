@@ -244,8 +244,11 @@ def final(segment_id: int, text: str, start: float, end: float) -> dict[str, Any
     return {"type": "final", "segment_id": segment_id, "text": text, "start": round(start, 3), "end": round(end, 3)}
 
 
-def ack(seq: int) -> dict[str, Any]:
-    return {"type": "ack", "seq": seq}
+def ack(seq: int, committed_seq: int, committed_seconds: float) -> dict[str, Any]:
+    """`seq`: highest frame applied (safe while this pod lives; a resume resends after it).
+    `committed_seq`: highest frame whose audio is entirely covered by finals already sent
+    (safe even if the pod dies; a router replays only what comes after it)."""
+    return {"type": "ack", "seq": seq, "committed_seq": committed_seq, "committed_seconds": round(committed_seconds, 3)}
 
 
 def warning(code: str, message: str, **extra: Any) -> dict[str, Any]:
