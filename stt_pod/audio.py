@@ -26,8 +26,8 @@ class AudioDecoder:
             else None
         )
 
-    def decode(self, payload: bytes | memoryview) -> np.ndarray:
-        """Samples of one frame, at the model's rate, mono."""
+    def check(self, payload: bytes | memoryview) -> None:
+        """Reject a payload that is not whole samples, before it is queued."""
         if len(payload) % self.format.bytes_per_frame:
             raise ProtocolError(
                 ErrorCode.BAD_FRAME,
@@ -35,6 +35,10 @@ class AudioDecoder:
                 f"samples for {self.format.channels} channel(s)",
                 CloseCode.INVALID_DATA,
             )
+
+    def decode(self, payload: bytes | memoryview) -> np.ndarray:
+        """Samples of one frame, at the model's rate, mono."""
+        self.check(payload)
         samples = np.frombuffer(payload, dtype=self._dtype)
         if self.format.encoding == "pcm16":
             samples = samples.astype(np.float32) / 32768.0

@@ -91,6 +91,7 @@ class Session:
         self.last_activity = time.monotonic()
         if self.stream.finished:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "audio after end of audio")
+        self.decoder.check(payload)
         ordered = self.orderer.push(seq, bytes(payload))
         self._apply(ordered)
 

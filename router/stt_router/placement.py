@@ -1,0 +1,93 @@
+"""Which pod gets a new session (pure policy: no sockets, no clock).
+
+`pack` puts a session on the lowest-ordinal pod that can take it, so load
+gathers on low ordinals and the highest ordinals empty first: the operator
+scales a StatefulSet down from the top, and an empty pod goes without
+cutting anyone. `spread` puts it on the least loaded pod instead (lowest
+ordinal breaks ties), for the lowest latency when there is room to spare.
+
+A pod that is not ready, draining or unreachable gets nothing. A pod's load
+is the larger of what it last reported and what this router knows it has
+placed since: between two polls, a router must not overfill a pod it just
+filled, and other replicas' sessions show up in the next report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+PACK = "pack"
+SPREAD = "spread"
+
+
+@dataclass
+class PodView:
+    """What the router knows of one pod."""
+
+    name: str  # stable identity: StatefulSet pod name, or the URL of a static pod
+    url: str
+    ordinal: int
+    ready: bool = False  # last /status said ready (model warm, not draining)
+    draining: bool = False
+    reachable: bool = False  # last /status poll answered
+    capacity: int = 0
+    reported_active: int = 0  # active_sessions in the last /status
+    placed_since_report: int = 0  # sessions this router placed after that report
+    own_sessions: int = 0  # sessions this router relays to it now
+    refused_full: bool = False  # it refused a session as full since the last report
+    labels: dict = field(default_factory=dict)
+
+    @property
+    def load(self) -> int:
+        return max(self.reported_active + self.placed_since_report, self.own_sessions)
+
+    @property
+    def free_slots(self) -> int:
+        if not self.eligible or self.refused_full:
+            return 0
+        return max(0, self.capacity - self.load)
+
+    @property
+    def eligible(self) -> bool:
+        return self.ready and self.reachable and not self.draining
+
+    def report(self, *, ready: bool, draining: bool, capacity: int, active: int) -> None:
+        """A fresh /status answer replaces the estimate."""
+        self.reachable = True
+        self.ready, self.draining, self.capacity, self.reported_active = ready, draining, capacity, active
+        self.placed_since_report = 0
+        self.refused_full = False
+
+    def unreachable(self) -> None:
+        self.reachable = False
+        self.ready = False
+
+    def placed(self) -> None:
+        self.placed_since_report += 1
+        self.own_sessions += 1
+
+    def released(self) -> None:
+        self.own_sessions = max(0, self.own_sessions - 1)
+
+
+def choose(pods: Iterable[PodView], policy: str = PACK, exclude: frozenset[str] = frozenset()) -> PodView | None:
+    """The pod for the next session, or None when no pod has a free slot."""
+    candidates = [p for p in pods if p.free_slots > 0 and p.name not in exclude]
+    if not candidates:
+        return None
+    if policy == PACK:
+        return min(candidates, key=lambda p: (p.ordinal, p.name))
+    if policy == SPREAD:
+        return min(candidates, key=lambda p: (p.load / max(1, p.capacity), p.load, p.ordinal, p.name))
+    raise ValueError(f"unknown placement policy {policy!r}")
+
+
+def free_slots(pods: Iterable[PodView]) -> int:
+    return sum(p.free_slots for p in pods)
+
+
+def ordinal_of(name: str, default: int) -> int:
+    """A StatefulSet pod `voxfleet-pod-3` has ordinal 3; anything else keeps `default`."""
+    head, _, tail = name.rpartition("-")
+    return int(tail) if head and tail.isdigit() else default
