@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.speech import SENTENCES, VOICES, conversation, speak  # noqa: E402
+from tests.speech import SENTENCES, VOICES, conversation, require_tools, speak  # noqa: E402
 
 GAP_SECONDS = 0.8
 """Silence between two sentences of a stream (conversation()'s default)."""
@@ -38,6 +38,11 @@ class StreamScript:
     @property
     def text(self) -> str:
         return " ".join(self.sentences)
+
+
+def require_speech_tools() -> None:
+    """espeak-ng and sox synthesise the speech (scripts/install-system-deps.sh installs them)."""
+    require_tools()
 
 
 def _seconds(path: Path) -> float:

@@ -14,7 +14,7 @@ filled, and other replicas' sessions show up in the next report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 PACK = "pack"
@@ -36,7 +36,8 @@ class PodView:
     placed_since_report: int = 0  # sessions this router placed after that report
     own_sessions: int = 0  # sessions this router relays to it now
     refused_full: bool = False  # it refused a session as full since the last report
-    labels: dict = field(default_factory=dict)
+    listed_ready: bool = True  # discovery lists it as ready (Kubernetes endpoint condition)
+    terminating: bool = False  # discovery says it is being stopped
 
     @property
     def load(self) -> int:
@@ -50,7 +51,7 @@ class PodView:
 
     @property
     def eligible(self) -> bool:
-        return self.ready and self.reachable and not self.draining
+        return self.ready and self.reachable and not self.draining and self.listed_ready and not self.terminating
 
     def report(self, *, ready: bool, draining: bool, capacity: int, active: int) -> None:
         """A fresh /status answer replaces the estimate."""

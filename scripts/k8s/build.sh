@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds, once per machine, the binaries of the local Kubernetes control plane that
-# tests/e2e runs on: etcd, kube-apiserver, kube-controller-manager, kubectl and kwok,
+# tests/e2e runs on: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+# and kwok,
 # each from its Go module (no Docker, no prebuilt downloads: only the Go module proxy).
 #
 #   bash scripts/k8s/build.sh            # build what is missing, print the bin folder last
@@ -22,7 +23,7 @@ source "$here/versions.env"
 cache=${VOXFLEET_K8S_CACHE:-$HOME/.cache/voxfleet/k8s}
 bin=$cache/$K8S_VERSION/bin
 if [[ "${1:-}" == "--print" ]]; then
-  for b in etcd kube-apiserver kube-controller-manager kubectl kwok; do [[ -x $bin/$b ]] || exit 1; done
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do [[ -x $bin/$b ]] || exit 1; done
   echo "$bin"; exit 0
 fi
 
@@ -91,7 +92,7 @@ if ! fresh etcd "$ETCD_VERSION"; then
 fi
 
 # --- kube-apiserver, kube-controller-manager, kubectl
-k8s_cmds=(kube-apiserver kube-controller-manager kubectl)
+k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 need_k8s=0
 for c in "${k8s_cmds[@]}"; do fresh "$c" "$K8S_VERSION" || need_k8s=1; done
 if ((need_k8s)); then
@@ -111,7 +112,8 @@ if ((need_k8s)); then
       fi
     done
     wrapper "$dir" voxfleet.local/k8s/kubernetes "$gover" "k8s.io/kubernetes $K8S_VERSION" "$replaces" -- \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
     tidy "$dir"
   fi
   minor=${K8S_VERSION#v1.}; minor=${minor%%.*}

