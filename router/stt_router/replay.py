@@ -124,7 +124,8 @@ class RelayState:
     commit: int = -1  # client seq: frames up to here are covered by relayed finals
     committed_seconds: float = 0.0
     trailer: str | bytes | None = None  # what the client sent last ('end' or bad input), after all audio
-    pending_end: dict | None = None  # the pod's 'end', relayed only when the pod closes normally
+    pending_end: dict | None = None  # the pod's 'end', relayed only if the pod ends the session for good
+    pending_error: dict | None = None  # the same for its 'error' (a pod that fails may be failed over)
     pin_changed: bool = False  # the client should get a fresh token
     _frame_bytes: int = field(default=0, init=False)
 
@@ -211,6 +212,9 @@ class RelayState:
                 if isinstance(out.get(key), int):
                     out[key] += leg.seq_base
             return [out]
+        if kind == "error":
+            self.pending_error = dict(msg)
+            return []
         if kind == "end":
             self.pending_end = p.end(self.next_segment, float(msg.get("audio_seconds", 0.0)) + leg.time_offset)
             return []
@@ -249,7 +253,7 @@ class RelayState:
 
     def fail_over(self, pod: str, url: str) -> Leg:
         """Start the next leg on another pod: replay everything after the commit point."""
-        self.pending_end = None
+        self.pending_end = self.pending_error = None
         base = self.commit + 1
         self.leg = Leg(pod, url, "", seq_base=base, seg_base=self.next_segment, time_offset=self.commit_time,
                        forward_from=base, drop_finals_until=self.last_final_end)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import urllib.error
-import urllib.request
 
 import pytest
 
+from tests.integration.pod_http import http_get, metric
 from tests.integration.proxy import CuttingProxy
 from tests.integration.wire import collect, errors, finals_text, open_session, pcm16_frames
 from tests.speech import SENTENCES, conversation, wer, words
@@ -21,19 +20,6 @@ from voxfleet.tokens import TokenSigner
 pytestmark = pytest.mark.integration
 
 SECRET = "integration-test-secret"
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def metric(pod, name: str) -> float:
-    _, text = http_get(pod.http + "/metrics")
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
 
 
 async def test_resume_after_connection_loss_loses_and_repeats_nothing(pod_factory):

@@ -145,6 +145,10 @@ async def results(*futures: asyncio.Future) -> list:
     return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), WAIT)
 
 
+def sample(metrics: PodMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
 def text(words: list[Word] | None) -> str | None:
     return None if words is None else "".join(w.text for w in words).strip()
 
@@ -217,7 +221,7 @@ async def test_a_newer_partial_replaces_the_queued_one(make):
     s.start()
     assert [text(r) for r in await results(new, other)] == ["m3", "m2"]
     assert sorted(m for b in model.batches for m in b) == [2, 3]  # the old one never reached the model
-    assert metrics.partials_dropped.labels("replaced")._value.get() == 1
+    assert sample(metrics, "voxfleet_pod_partials_dropped_total", reason="replaced") == 1
 
 
 async def test_a_final_does_not_replace_a_partial(make):
@@ -258,7 +262,7 @@ async def test_stale_partials_are_dropped_before_they_reach_the_model(make):
     got = await results(stale, final, fresh)
     assert [text(r) for r in got] == [None, "m2", "m3"]
     assert model.batches == [[2, 3]]
-    assert metrics.partials_dropped.labels("stale")._value.get() == 1
+    assert sample(metrics, "voxfleet_pod_partials_dropped_total", reason="stale") == 1
 
 
 async def test_a_model_failure_fails_only_its_batch_and_the_scheduler_keeps_serving(make):
@@ -311,10 +315,10 @@ async def test_metrics_count_batches_and_queue(make):
     metrics = PodMetrics()
     s = make(model, metrics=metrics)
     futures = [s.submit(f"s{i}", job(FINAL, i)) for i in range(3)]
-    assert metrics.queue_length._value.get() == 3
+    assert sample(metrics, "voxfleet_pod_scheduler_queue_length") == 3
     s.start()
     await results(*futures)
-    assert metrics.queue_length._value.get() == 0
-    rendered = metrics.render().decode()
-    assert "voxfleet_pod_batch_size_count 1.0" in rendered
-    assert "voxfleet_pod_batch_size_sum 3.0" in rendered
+    assert sample(metrics, "voxfleet_pod_scheduler_queue_length") == 0
+    assert sample(metrics, "voxfleet_pod_batch_size_count") == 1
+    assert sample(metrics, "voxfleet_pod_batch_size_sum") == 3
+    assert sample(metrics, "voxfleet_pod_scheduler_queue_wait_seconds_count", kind=FINAL) == 3

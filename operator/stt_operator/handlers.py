@@ -1,0 +1,128 @@
+"""Thin kopf handlers for SttPool: translate between Kubernetes and pure functions.
+
+Why it exists: kopf calls in here; each handler reads the pool, asks spec.py,
+manifests.py and status.py what should be, has apply.py make it so, and writes
+status. Handlers are named <kind>_<verb> and registered on an explicit registry
+(`register`), so the process settings (intervals, prefixes) are chosen at start,
+not at import.
+
+It must never build manifests or compute status itself, and never add a
+finalizer: owned objects go away through owner references and the garbage
+collector, so a pool can always be deleted, even with the operator down.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+import kopf
+
+from stt_operator import manifests, spec as specmod, status as statusmod
+from stt_operator.apply import Cluster
+from stt_operator.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+RESOURCE = (specmod.GROUP, specmod.VERSION, specmod.PLURAL)
+
+_cluster: Cluster | None = None
+_settings = OperatorSettings()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _api() -> Cluster:
+    global _cluster
+    if _cluster is None:
+        _cluster = Cluster(_settings.field_manager)
+    return _cluster
+
+
+def reconcile(body: Any, patch: Any, announce: bool) -> None:
+    """Make the owned objects match the spec, then write status. Idempotent."""
+    pool = manifests.PoolRef.from_body(body)
+    generation = int(body["metadata"].get("generation") or 0)
+    old_conditions = (body.get("status") or {}).get("conditions")
+    try:
+        spec = specmod.parse(body.get("spec") or {})
+    except specmod.SpecError as exc:
+        patch.status.update(statusmod.invalid_spec_status(generation, str(exc), old_conditions, _now()))
+        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+        raise kopf.PermanentError(str(exc)) from None
+
+    api = _api()
+    live_sts = api.get("apps/v1", "StatefulSet", pool.statefulset, pool.namespace)
+    current = (live_sts or {}).get("spec", {}).get("replicas")
+    desired = specmod.desired_replicas(spec, current)
+    error = None
+    try:
+        for obj in manifests.owned_objects(pool, spec, desired):
+            live = api.apply(obj)
+            if obj["kind"] == "StatefulSet":
+                live_sts = live
+        for api_version, kind, name in manifests.obsolete_objects(pool, spec):
+            if api.delete(api_version, kind, name, pool.namespace, pool.uid):
+                kopf.info(body, reason="Deleted", message=f"{kind} {name} is no longer needed")
+    except Exception as exc:  # the API said no: report, then let kopf retry
+        error = f"{type(exc).__name__}: {getattr(exc, 'summary', lambda: str(exc))()}"[:1000]
+    router = api.get("apps/v1", "Deployment", pool.router, pool.namespace)
+    patch.status.update(statusmod.pool_status(pool, spec, generation, desired, live_sts, router,
+                                              old_conditions, _now(), error))
+    if error:
+        kopf.warn(body, reason="ReconcileFailed", message=error)
+        raise kopf.TemporaryError(error, delay=_settings.retry_seconds)
+    if announce:
+        kopf.info(body, reason="Reconciled",
+                  message=f"applied StatefulSet {pool.statefulset} ({desired} pods, model {spec.model.name}), "
+                          f"router {pool.router}")
+
+
+def sttpool_create(body: Any, patch: Any, **_: Any) -> None:
+    reconcile(body, patch, announce=True)
+
+
+def sttpool_update(body: Any, patch: Any, **_: Any) -> None:
+    reconcile(body, patch, announce=True)
+
+
+def sttpool_resume(body: Any, patch: Any, **_: Any) -> None:
+    reconcile(body, patch, announce=False)
+
+
+def sttpool_resync(body: Any, patch: Any, **_: Any) -> None:
+    """Periodic: re-apply (self-healing after manual deletes) and refresh status.
+
+    Issue 7's autoscaler plugs in here: it changes `desired`, nothing else.
+    """
+    try:
+        reconcile(body, patch, announce=False)
+    except kopf.PermanentError:
+        pass  # already reported by the change handlers; wait for a spec change
+
+
+def operator_configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.peering.standalone = _settings.standalone
+    # Serve the resources present at start; no list/watch on namespaces or CRDs needed.
+    settings.scanning.disabled = True
+    prefix = _settings.annotation_prefix
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # events: only ours, and kopf's warnings/errors
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 8
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    """Attach the handlers to `registry` with the process settings."""
+    global _settings
+    _settings = settings
+    kopf.on.startup(registry=registry)(operator_configure)
+    kopf.on.create(*RESOURCE, registry=registry)(sttpool_create)
+    kopf.on.update(*RESOURCE, field="spec", registry=registry)(sttpool_update)
+    kopf.on.resume(*RESOURCE, registry=registry)(sttpool_resume)
+    kopf.timer(*RESOURCE, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
+               registry=registry)(sttpool_resync)

@@ -1,0 +1,347 @@
+"""Relaying one session between its client and its pod (the asyncio shell around replay.py).
+
+A native session runs three tasks: the client reader (frames into the replay
+tail, held back while the tail is full: backpressure, not memory), the pod
+sender (the tail to the pod, in order, then the client's last message) and
+the pod reader (the pod's messages, translated, to the client). The client
+reader outlives pods; the other two live one leg each.
+
+How a leg ends decides what happens next:
+- the pod closed normally (1000, or with an error for bad input): its held
+  `end`/`error` go to the client and the client is closed the same way;
+- the pod died (no close frame), restarts (1012), failed (1011) or drained
+  the session out (1001): the session moves to another pod, replaying the
+  uncommitted tail (bounded by `max_failovers`);
+- the client went away: a normal close ends the pod session too; any other
+  loss drops the pod connection abruptly, so the pod holds the session for a
+  resume through any router replica.
+
+WhisperLive sessions are relayed message for message without failover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from stt_router.placement import PodView
+from stt_router.replay import RelayState
+from voxfleet import protocol as p
+from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from stt_router.server import RouterServer
+
+log = logging.getLogger(__name__)
+
+SERVICE_RESTART = 1012
+"""Close code telling a client to resume its session (through any replica)."""
+
+FAILOVER_CLOSES = {1001, 1006, 1011, 1012, 1014}
+"""Pod close codes after which the session continues elsewhere: going away, no close frame, failed, restart, bad gateway."""
+
+
+class ClientGone(Exception):
+    def __init__(self, normal: bool):
+        self.normal = normal
+
+
+def abort(ws: ClientConnection | ServerConnection) -> None:
+    """Drop a connection without a close frame: the peer sees it lost, not ended."""
+    transport = getattr(ws, "transport", None)
+    if transport is not None:
+        transport.abort()
+
+
+class NativeRelay:
+    def __init__(self, router: "RouterServer", client: ServerConnection, state: RelayState):
+        self.router = router
+        self.client = client
+        self.state = state
+        self.pod: PodView | None = None
+        self.pod_ws: ClientConnection | None = None
+        self._wake = asyncio.Event()  # new frames or a trailer for the pod sender
+        self._space = asyncio.Event()  # the tail has room again
+        self._space.set()
+        self._client_done = asyncio.get_running_loop().create_future()
+        self._detached = False
+
+    @property
+    def session_id(self) -> str:
+        return self.state.pin.session_id
+
+    async def run(self, pod: PodView, pod_ws: ClientConnection) -> None:
+        self.pod, self.pod_ws = pod, pod_ws
+        reader = asyncio.create_task(self._read_client())
+        try:
+            while True:
+                outcome = await self._run_leg()
+                if outcome == "client_gone":
+                    normal = self._client_done.result()
+                    await self._leave_pod(normal)
+                    return
+                if outcome == "done":
+                    return
+                if not await self._fail_over():
+                    return
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            if self.pod_ws is not None and self.pod_ws.state.name != "CLOSED":
+                abort(self.pod_ws)
+            if self.pod is not None:
+                self.router.release_pod(self.pod)
+                self.pod = None
+
+    async def detach(self) -> None:
+        """This session is being resumed elsewhere: drop both sides without ending it."""
+        self._detached = True
+        abort(self.client)
+        if self.pod_ws is not None:
+            abort(self.pod_ws)
+
+    async def shutdown(self) -> None:
+        """The router stops: tell the client to resume (through another replica), keep the pod session."""
+        self._detached = True
+        if self.pod_ws is not None:
+            abort(self.pod_ws)
+        try:
+            await self.client.close(SERVICE_RESTART, "router restarting; resume")
+        except ConnectionClosed:
+            pass
+
+    # --- client side
+
+    async def _read_client(self) -> None:
+        state, metrics = self.state, self.router.metrics
+        normal = False
+        try:
+            while True:
+                if state.tail.full:
+                    self._space.clear()
+                    await self._space.wait()
+                    continue
+                message = await self.client.recv()
+                if state.trailer is not None:
+                    continue  # after 'end' or bad input the pod reads nothing more either
+                if isinstance(message, bytes):
+                    try:
+                        seq, payload = p.unpack_frame(message)
+                    except ProtocolError:
+                        state.trailer = message  # the pod answers it as it answers any bad frame
+                    else:
+                        if not state.accept_frame(seq, payload, time.monotonic()):
+                            metrics.refusals.labels("duplicate_frame").inc()
+                else:
+                    state.trailer = message  # 'end', or a message the pod will refuse
+                self._wake.set()
+        except ConnectionClosed as exc:
+            normal = exc.rcvd is not None and exc.rcvd.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+        finally:
+            if not self._client_done.done():
+                self._client_done.set_result(normal)
+
+    async def _send_client(self, message: dict) -> None:
+        await self.client.send(p.encode(message))
+
+    # --- pod side
+
+    async def _run_leg(self) -> str:
+        sender = asyncio.create_task(self._send_pod())
+        reader = asyncio.create_task(self._read_pod())
+        try:
+            done, _ = await asyncio.wait({reader, self._client_done}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        if self._client_done in done and reader not in done:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            return "client_gone"
+        try:
+            reader.result()
+        except ConnectionClosed:
+            pass
+        except ClientGone:
+            return "client_gone"
+        if self._detached:
+            return "done"
+        code = self.pod_ws.close_code if self.pod_ws is not None else 1006
+        if code in FAILOVER_CLOSES and self.router.settings.max_failovers > self.state.pin.failovers:
+            return "failover"
+        await self._finish(code)
+        return "done"
+
+    async def _send_pod(self) -> None:
+        state, ws, latency = self.state, self.pod_ws, self.router.metrics.relay_latency
+        while True:
+            self._wake.clear()
+            while (frame := state.next_to_send()) is not None:
+                await ws.send(state.pod_frame(frame))
+                if not frame.sent_once:
+                    frame.sent_once = True
+                    latency.observe(time.monotonic() - frame.received)
+            if state.trailer_due():
+                state.leg.trailer_sent = True
+                await ws.send(state.trailer)
+            await self._wake.wait()
+
+    async def _read_pod(self) -> None:
+        state = self.state
+        async for raw in self.pod_ws:
+            if isinstance(raw, bytes):
+                continue  # the native protocol sends the client no binary messages
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                log.warning("session %s: pod sent invalid JSON; ignored", self.session_id)
+                continue
+            outs = state.on_pod_message(msg)
+            if not state.tail.full:
+                self._space.set()
+            try:
+                for out in outs:
+                    await self._send_client(out)
+                if state.pin_changed:
+                    await self._send_token()
+            except ConnectionClosed:
+                raise ClientGone(False) from None
+
+    async def _send_token(self) -> None:
+        pin = self.state.current_pin()
+        self.router.remember(pin)
+        await self._send_client({"type": "token", "resume_token": self.router.tokens.issue(pin)})
+
+    async def _finish(self, code: int) -> None:
+        """The pod ended the session for good: relay its last words and close the same way."""
+        state = self.state
+        try:
+            if state.pending_error is not None:
+                await self._send_client(state.pending_error)
+            if state.pending_end is not None:
+                await self._send_client(state.pending_end)
+            elif code not in (CloseCode.NORMAL,):
+                if state.pending_error is None:
+                    await self._send_client(p.error(ErrorCode.INTERNAL, "the pod holding this session was lost"))
+                code = CloseCode.INTERNAL if code in FAILOVER_CLOSES else code
+            await self.client.close(code, "end of session" if code == CloseCode.NORMAL else "closed by the pod")
+        except ConnectionClosed:
+            pass
+        if code == CloseCode.NORMAL:
+            self.router.forget(self.session_id)
+
+    async def _leave_pod(self, normal: bool) -> None:
+        if self.pod_ws is None:
+            return
+        if normal and not self._detached:
+            try:
+                await asyncio.wait_for(self.pod_ws.close(CloseCode.NORMAL, "client left"), 5)
+            except (ConnectionClosed, asyncio.TimeoutError):
+                abort(self.pod_ws)
+            self.router.forget(self.session_id)
+        else:
+            abort(self.pod_ws)  # the pod keeps the session for a resume
+
+    async def _fail_over(self) -> bool:
+        old = self.pod
+        state = self.state
+        log.warning("session %s lost pod %s (close %s); moving it with %d frames (%.1f s) to replay",
+                    self.session_id, old.name if old else "?", self.pod_ws.close_code if self.pod_ws else None,
+                    len(state.tail), state.tail.seconds)
+        if old is not None:
+            if self.pod_ws is not None and self.pod_ws.close_code == 1006:
+                self.router.pool.lost(old.name)
+            self.router.release_pod(old)
+            self.pod = None
+        exclude = frozenset({old.name}) if old is not None else frozenset()
+        try:
+            pod, pod_ws, reply = await self.router.open_leg(
+                p.encode(p.start_message(state.pin.start())), "failover", exclude=exclude, client=self.client,
+                notify=None, bounded=False)
+        except ProtocolError as exc:
+            self.router.metrics.failovers.labels("failed").inc()
+            log.warning("session %s: failover failed: %s", self.session_id, exc.message)
+            try:
+                await self._send_client(p.error(ErrorCode.INTERNAL, f"the pod was lost and the session could not move: {exc.message}"))
+                await self.client.close(CloseCode.INTERNAL, "pod lost")
+            except ConnectionClosed:
+                pass
+            return False
+        if reply.get("type") != "ready":
+            self.router.metrics.failovers.labels("failed").inc()
+            try:
+                await self._send_client(reply)
+                await self.client.close(pod_ws.close_code or CloseCode.INTERNAL, "pod refused the session")
+            except ConnectionClosed:
+                pass
+            self.router.release_pod(pod)
+            return False
+        state.fail_over(pod.name, pod.url)
+        self.pod, self.pod_ws = pod, pod_ws
+        pin = state.leg_ready(reply["resume_token"])
+        self.router.remember(pin)
+        self.router.metrics.failovers.labels("moved").inc()
+        log.info("session %s continues on pod %s from frame %d (t=%.2f s, segment %d)", self.session_id, pod.name,
+                 state.leg.seq_base, state.leg.time_offset, state.leg.seg_base)
+        try:
+            await self._send_client({"type": "token", "resume_token": self.router.tokens.issue(pin)})
+        except ConnectionClosed:
+            pass  # the client reader reports it
+        self._wake.set()
+        return True
+
+
+class WhisperLiveRelay:
+    """Message-for-message relay of a WhisperLive session (no failover: its protocol has no sequence numbers)."""
+
+    def __init__(self, router: "RouterServer", client: ServerConnection, pod: PodView, pod_ws: ClientConnection):
+        self.router, self.client, self.pod, self.pod_ws = router, client, pod, pod_ws
+
+    async def run(self) -> None:
+        up = asyncio.create_task(self._pipe(self.client, self.pod_ws, upstream=True))
+        down = asyncio.create_task(self._pipe(self.pod_ws, self.client, upstream=False))
+        try:
+            done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if up in done:  # the client closed: end the pod side the same way
+                code = self.client.close_code
+                if code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+                    await _close_quietly(self.pod_ws, CloseCode.NORMAL, "client left")
+                else:
+                    abort(self.pod_ws)
+            else:  # the pod closed: tell the client how
+                code = self.pod_ws.close_code
+                if code is None or code == 1006:
+                    code = CloseCode.INTERNAL
+                await _close_quietly(self.client, code, self.pod_ws.close_reason or "closed by the pod")
+        finally:
+            if self.pod_ws.state.name != "CLOSED":
+                abort(self.pod_ws)
+            self.router.release_pod(self.pod)
+
+    async def _pipe(self, src, dst, upstream: bool) -> None:
+        latency = self.router.metrics.relay_latency
+        try:
+            async for message in src:
+                received = time.monotonic()
+                await dst.send(message)
+                if upstream and isinstance(message, bytes):
+                    latency.observe(time.monotonic() - received)
+        except ConnectionClosed:
+            pass
+
+
+async def _close_quietly(ws, code: int, reason: str) -> None:
+    try:
+        await asyncio.wait_for(ws.close(code, reason[:100]), 5)
+    except (ConnectionClosed, asyncio.TimeoutError):
+        abort(ws)
