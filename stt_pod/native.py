@@ -103,7 +103,7 @@ async def _wait_forever() -> None:
 
 async def _write(ws: ServerConnection, session: Session, cursor: int) -> None:
     partial_sent = session.partial_version
-    acked: tuple | None = None
+    acked: tuple = (-1, -1, 0.0)  # nothing applied yet: nothing to acknowledge
     loop = asyncio.get_running_loop()
     next_ack = loop.time()
     while True:

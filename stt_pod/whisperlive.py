@@ -242,7 +242,8 @@ async def _serve(pod: "PodServer", ws: ServerConnection, session: Session, opts:
     if writer in done and not writer.cancelled() and writer.exception() is None:
         # Every segment, then DISCONNECT, went out: close with the session's code.
         end = session.ended
-        await ws.close(end.close_code if end else CloseCode.NORMAL, "end of session")
+        reason = end.error.code if end and end.error else "end of session"
+        await ws.close(end.close_code if end else CloseCode.NORMAL, reason)
         pod.release(session)
         return
     # The connection dropped, or a task failed. WhisperLive has no resume: the

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.speech import SENTENCES, VOICES, conversation, wer, words
 from voxfleet import protocol as p
@@ -38,6 +39,8 @@ WER_BOUND = 0.35
 """tiny.en streams these voices at ~0.15-0.25 WER; the bound catches broken streaming, not accent."""
 RECALL_BOUND = 0.5
 """Share of a sentence's own words that must arrive: a lost sentence scores ~0."""
+SENTENCE_WER_BOUND = 0.5
+"""One short sentence varies more than a conversation (4 words of 11 wrong happen)."""
 TIME = re.compile(r"^\d+\.\d{3}$")
 
 
@@ -117,8 +120,11 @@ def options(**extra) -> dict:
 
 async def receive_until_closed(ws) -> list[dict]:
     messages = []
-    async for raw in ws:
-        messages.append(json.loads(raw))
+    try:
+        async for raw in ws:
+            messages.append(json.loads(raw))
+    except ConnectionClosed:  # a close other than 1000: the test reads ws.close_code
+        pass
     return messages
 
 
@@ -207,7 +213,7 @@ async def test_message_shapes(pod):
     last = lists[-1]["segments"]
     assert last[-1]["completed"] is False and last[-1]["text"] == "", "the end leaves nothing in progress"
     text = " ".join(s["text"] for s in last if s["completed"])
-    assert wer(sentence, text) <= WER_BOUND, text
+    assert wer(sentence, text) <= SENTENCE_WER_BOUND, text
 
 
 async def test_bad_input_gets_error_and_close_code(pod):
@@ -242,7 +248,7 @@ async def test_bad_input_gets_error_and_close_code(pod):
     # The pod took all that in its stride.
     assert urllib.request.urlopen(f"{pod.http}/readyz", timeout=5).status == 200
     text = await transcript(pod.url, conversation([SENTENCES[11]]))
-    assert wer(SENTENCES[11], text) <= WER_BOUND, text
+    assert wer(SENTENCES[11], text) <= SENTENCE_WER_BOUND, text
 
 
 # --- no room: WAIT -----------------------------------------------------------------
@@ -289,7 +295,7 @@ async def test_full_pod_answers_wait(wl, pod_factory):
     audio = float_audio(conversation([SENTENCES[12]]))
     client, _ = await asyncio.to_thread(in_thread, lambda: stream(wl, pod.port, audio, speed=4.0), 60)
     text = " ".join(s["text"] for s in client.transcript)
-    assert wer(SENTENCES[12], text) <= WER_BOUND, text
+    assert wer(SENTENCES[12], text) <= SENTENCE_WER_BOUND, text
 
 
 async def test_draining_pod_answers_wait_and_flushes_its_sessions(pod_factory):
@@ -321,5 +327,5 @@ async def test_draining_pod_answers_wait_and_flushes_its_sessions(pod_factory):
     assert messages[-2]["status"] == "WARNING"
     final = messages[-3]["segments"]
     text = " ".join(s["text"] for s in final if s["completed"])
-    assert wer(SENTENCES[13], text) <= WER_BOUND, text
+    assert wer(SENTENCES[13], text) <= SENTENCE_WER_BOUND, text
     assert pod.process.wait(30) == 0, pod.log_text()

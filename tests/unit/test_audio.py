@@ -155,6 +155,14 @@ def test_non_finite_floats_are_invalid_data(bad, channels):
     assert info.value.close_code == CloseCode.INVALID_DATA
 
 
+def test_check_refuses_a_misaligned_payload_without_decoding_anything():
+    d = AudioDecoder(AudioFormat(16_000, "float32", 2))
+    d.check(b"\x00" * 16)  # two whole stereo samples
+    with pytest.raises(ProtocolError) as info:
+        d.check(memoryview(b"\x00" * 12))
+    assert (info.value.code, info.value.close_code) == (ErrorCode.BAD_FRAME, CloseCode.INVALID_DATA)
+
+
 def test_a_bad_frame_does_not_spoil_the_stream():
     d = AudioDecoder(AudioFormat(8_000, "float32", 1))
     x = sine(440, 8_000, 0.5)
