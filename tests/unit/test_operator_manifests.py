@@ -1,12 +1,10 @@
 """Manifest builders: a spec in, exactly these dicts out."""
 
-import dataclasses
-
 import pytest
 
 from stt_operator import manifests
 from stt_operator.manifests import PoolRef
-from stt_operator.spec import POD_ENV_PREFIX, POD_SETTINGS, parse
+from stt_operator.spec import FREE_POD_SETTINGS, POD_ENV_PREFIX, POD_SETTINGS, parse
 
 POOL = PoolRef(name="en", namespace="speech", uid="1234-uid")
 OWNER = {"apiVersion": "voxfleet.io/v1alpha1", "kind": "SttPool", "name": "en", "uid": "1234-uid",
@@ -104,7 +102,7 @@ def test_every_pod_setting_can_be_set_through_the_pool():
     """Each PodSettings field reaches the pod as VOXFLEET_POD_<NAME>, from the spec or podSettings."""
     free = {name: {int: 3, float: 1.5, str: "info"}[kind] for name, kind in POD_SETTINGS.items()}
     camel = {"".join(p if i == 0 else p.capitalize() for i, p in enumerate(n.split("_"))): v for n, v in free.items()}
-    pod_settings = {k: v for k, v in camel.items() if k in __import__("stt_operator.spec").spec.FREE_POD_SETTINGS}
+    pod_settings = {k: v for k, v in camel.items() if k in FREE_POD_SETTINGS}
     spec = parse({"image": "i", "podSettings": pod_settings, "sessionTokenSecret": {"name": "tokens"}})
     env = manifests.statefulset(POOL, spec, 1)["spec"]["template"]["spec"]["containers"][0]["env"]
     names = [e["name"] for e in env]
