@@ -3,6 +3,8 @@
     voxfleet pod [--port 8765 ...]        run an STT pod
     voxfleet transcribe URL FILE          stream a file, print the transcript
     voxfleet demo                         start a local pod, transcribe the bundled sample
+    voxfleet router --pods ws://...       run a router in front of pods
+    voxfleet up [--port 8765] [--pods 2]  run a router and local pods until Ctrl-C
 """
 
 from __future__ import annotations
@@ -102,8 +104,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_router(args: argparse.Namespace) -> int:
+    from stt_router.server import run_router
+    from stt_router.settings import ENV_PREFIX, RouterSettings
+
+    router_settings = settings_mod.load(RouterSettings, ENV_PREFIX, args)
+    router_settings.validate()
+    _logging(router_settings.log_level)
+    try:
+        asyncio.run(run_router(router_settings))
+    except OSError as exc:  # a keys file that cannot be read, a port in use
+        print(f"voxfleet router: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from voxfleet.up import run_up
+
+    return run_up(port=args.port, pods=args.pods, max_sessions=args.max_sessions, log_level=args.log_level,
+                  example=bundled_sample())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stt_pod.settings import ENV_PREFIX, PodSettings
+    from stt_router.settings import ENV_PREFIX as ROUTER_ENV_PREFIX
+    from stt_router.settings import RouterSettings
 
     parser = argparse.ArgumentParser(prog="voxfleet", description="Streaming speech-to-text for many live clients.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8765)
     demo.add_argument("--file", help="another audio file to transcribe instead")
     demo.set_defaults(func=cmd_demo)
+
+    router = sub.add_parser("router", help="run a router: place, queue, pin and relay sessions onto pods")
+    settings_mod.add_arguments(router, RouterSettings, ROUTER_ENV_PREFIX)
+    router.set_defaults(func=cmd_router)
+
+    up = sub.add_parser("up", help="run a router and local pods on loopback until Ctrl-C")
+    up.add_argument("--port", type=int, default=8765, help="the router's port (clients connect here)")
+    up.add_argument("--pods", type=int, default=2, help="local pod processes")
+    up.add_argument("--max-sessions", type=int, default=None, help="sessions per pod (default: the pod's own)")
+    up.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    up.set_defaults(func=cmd_up)
     return parser
 
 

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.integration.wire import collect, errors, finals_text, open_session, pcm16_frames, start
-from tests.speech import SENTENCES, conversation, speak, wer
+from tests.speech import SENTENCES, conversation, speak, wer, words
 from voxfleet import protocol as p
 from voxfleet.client import transcribe
 from voxfleet.protocol import CloseCode, ErrorCode
@@ -128,3 +128,20 @@ async def test_full_pod_refuses_with_1013(pod_factory):
     messages, close_code = await first_message_case(pod.url, start())
     assert errors(messages) == [ErrorCode.FULL] and close_code == CloseCode.TRY_AGAIN_LATER
     await ws.close()
+
+
+async def test_idle_session_is_flushed_and_closed(pod_factory):
+    pod = pod_factory("--idle-timeout-seconds", "2")
+    ws, _ = await open_session(pod.url)
+    for seq, frame in enumerate(pcm16_frames(speak(SENTENCES[3]))):
+        await ws.send(p.pack_frame(seq, frame))
+    messages, close_code = await collect(ws, 60)  # then the client goes quiet
+    assert errors(messages) == [ErrorCode.IDLE_TIMEOUT] and close_code == CloseCode.POLICY
+    assert {"mountains", "summer"} <= set(words(finals_text(messages))), "audio before the silence was lost"
+
+
+async def test_session_length_limit(pod_factory):
+    pod = pod_factory("--max-session-seconds", "2")
+    messages, close_code = await mid_stream_case(pod.url, p.pack_frame(10_000, b""))
+    assert errors(messages) == [ErrorCode.SESSION_TOO_LONG] and close_code == CloseCode.POLICY
+    assert finals_text(messages), "the first two seconds were not flushed"

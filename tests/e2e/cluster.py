@@ -1,0 +1,304 @@
+"""A real Kubernetes control plane on loopback, for e2e tests: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and kwok (fake nodes), from binaries that
+scripts/k8s/build.sh built from their Go modules.
+
+Why it exists: the operator must be tested against the API server that users run
+(schema defaulting, CEL rules, server-side apply, RBAC, garbage collection), and
+this machine has no Docker and no network. Everything binds 127.0.0.1, and every
+address range the cluster hands out is inside 127.0.0.0/8 (service cluster IPs
+127.1.0.0/16, pod IPs 127.2.0.0/16, node IP 127.0.0.2), so nothing ever connects
+to a private or public address. Certificates and keys are made here with openssl,
+per cluster, valid for two days.
+
+It must never leave processes behind: `stop()` ends each one it started (by its
+own handle), and logs stay in the work directory for a failed run.
+
+Can also be used by hand:
+    python -m tests.e2e.cluster [--workdir DIR]   # starts a cluster, prints KUBECONFIG, Ctrl-C stops
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE_CIDR = "127.1.0.0/16"
+SERVICE_FIRST_IP = "127.1.0.1"
+POD_CIDR = "127.2.0.0/16"
+NODE_IP = "127.0.0.2"
+LOOPBACK = "127.0.0.1"
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+CONTROLLERS = ",".join([
+    "garbage-collector-controller", "statefulset-controller", "deployment-controller", "replicaset-controller",
+    "serviceaccount-controller", "namespace-controller", "disruption-controller",
+    "root-ca-certificate-publisher-controller",
+])
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def find_binaries() -> Path:
+    """$VOXFLEET_K8S_BIN, else the cache that scripts/k8s/build.sh fills."""
+    env = os.environ.get("VOXFLEET_K8S_BIN")
+    if env:
+        bin_dir = Path(env)
+    else:
+        out = subprocess.run(["bash", str(REPO / "scripts/k8s/build.sh"), "--print"], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise ClusterError("the local Kubernetes binaries are not built: run `bash scripts/k8s/build.sh` "
+                               "(tens of minutes the first time on 2 cores), or set VOXFLEET_K8S_BIN")
+        bin_dir = Path(out.stdout.strip().splitlines()[-1])
+    missing = [b for b in BINARIES if not (bin_dir / b).is_file()]
+    if missing:
+        raise ClusterError(f"{bin_dir} lacks {', '.join(missing)}: run `bash scripts/k8s/build.sh`")
+    return bin_dir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def make_pki(d: Path) -> None:
+    """CA, apiserver serving cert, admin client cert (system:masters), service-account key."""
+    d.mkdir(parents=True, exist_ok=True)
+    o = ["openssl"]
+    _run(o + ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d / "ca.key", "-out", d / "ca.crt",
+              "-days", "2", "-subj", "/CN=voxfleet-e2e-ca"])
+
+    def signed(name: str, subject: str, ext: str) -> None:
+        _run(o + ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr",
+                  "-subj", subject])
+        (d / f"{name}.ext").write_text(ext)
+        _run(o + ["x509", "-req", "-in", d / f"{name}.csr", "-CA", d / "ca.crt", "-CAkey", d / "ca.key",
+                  "-CAcreateserial", "-out", d / f"{name}.crt", "-days", "2", "-extfile", d / f"{name}.ext"])
+
+    signed("apiserver", "/CN=kube-apiserver",
+           f"subjectAltName=IP:{LOOPBACK},IP:{SERVICE_FIRST_IP},DNS:localhost,DNS:kubernetes,"
+           "DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n")
+    signed("admin", "/O=system:masters/CN=voxfleet-e2e-admin", "extendedKeyUsage=clientAuth\n")
+    _run(o + ["genrsa", "-out", d / "sa.key", "2048"])
+    _run(o + ["rsa", "-in", d / "sa.key", "-pubout", "-out", d / "sa.pub"])
+
+
+def kubeconfig(server: str, ca: Path, user: dict) -> str:
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": "user", "user": user}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "user"}}],
+        "current-context": "e2e",
+    }, indent=1)
+
+
+@dataclass
+class LocalCluster:
+    bin_dir: Path
+    workdir: Path
+    nodes: int = 3
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    apiserver_port: int = 0
+
+    @property
+    def server(self) -> str:
+        return f"https://{LOOPBACK}:{self.apiserver_port}"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    # ------------------------------------------------------------- processes
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "wb")
+        proc = subprocess.Popen([str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def _check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                raise ClusterError(f"{name} exited with {proc.returncode}; last lines of its log:\n"
+                                   + self.tail(name))
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _wait(self, what: str, check, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if check():
+                    return
+            except Exception:
+                pass
+            time.sleep(0.25)
+        raise ClusterError(f"{what} not ready after {timeout:g} s")
+
+    def _https_ok(self, url: str) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.workdir / "pki/ca.crt"))
+        ctx.load_cert_chain(self.workdir / "pki/admin.crt", self.workdir / "pki/admin.key")
+        with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
+            return r.status == 200
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> "LocalCluster":
+        t0 = time.monotonic()
+        pki = self.workdir / "pki"
+        make_pki(pki)
+        self.apiserver_port = free_port()
+        etcd_port, etcd_peer = free_port(), free_port()
+        self.admin_kubeconfig.write_text(kubeconfig(self.server, pki / "ca.crt", {
+            "client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")}))
+
+        self._start("etcd", [
+            "--name=e2e", f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls=http://{LOOPBACK}:{etcd_port}",
+            f"--advertise-client-urls=http://{LOOPBACK}:{etcd_port}",
+            f"--listen-peer-urls=http://{LOOPBACK}:{etcd_peer}",
+            f"--initial-advertise-peer-urls=http://{LOOPBACK}:{etcd_peer}",
+            f"--initial-cluster=e2e=http://{LOOPBACK}:{etcd_peer}",
+            "--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=1073741824",
+        ])
+        self._wait("etcd", lambda: urllib.request.urlopen(f"http://{LOOPBACK}:{etcd_port}/health", timeout=1)
+                   .status == 200, 30)
+
+        self._start("kube-apiserver", [
+            f"--etcd-servers=http://{LOOPBACK}:{etcd_port}",
+            f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}", f"--secure-port={self.apiserver_port}",
+            f"--cert-dir={self.workdir / 'apiserver'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=RBAC",
+            # The apiserver's own "kubernetes" Service endpoints would carry its
+            # loopback address, which Endpoints validation refuses: do not write them.
+            "--endpoint-reconciler-type=none",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false", "--v=1",
+        ])
+        self._wait("kube-apiserver", lambda: self._https_ok(f"{self.server}/readyz"), 90)
+
+        common = [f"--kubeconfig={self.admin_kubeconfig}", f"--authentication-kubeconfig={self.admin_kubeconfig}",
+                  f"--authorization-kubeconfig={self.admin_kubeconfig}", f"--bind-address={LOOPBACK}",
+                  "--leader-elect=false", "--v=1"]
+        self._start("kube-controller-manager", [
+            *common, f"--secure-port={free_port()}", f"--controllers={CONTROLLERS}",
+            f"--root-ca-file={pki / 'ca.crt'}", f"--service-account-private-key-file={pki / 'sa.key'}",
+            "--use-service-account-credentials=false",
+        ])
+        self._start("kube-scheduler", [*common, f"--secure-port={free_port()}"])
+        self._start("kwok", [
+            f"--kubeconfig={self.admin_kubeconfig}", f"--config={Path(__file__).parent / 'kwok-stages.yaml'}",
+            "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}", f"--server-address={LOOPBACK}:{free_port()}",
+        ])
+        for i in range(self.nodes):
+            self.kubectl("apply", "-f", "-", input=json.dumps(self.fake_node(f"kwok-node-{i}")))
+        self._wait("kwok nodes", self._nodes_ready, 60)
+        self._wait("default service account", lambda: self.kubectl(
+            "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0, 60)
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    @staticmethod
+    def fake_node(name: str) -> dict:
+        return {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
+                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                    "kubernetes.io/arch": "amd64", "type": "kwok"}},
+            "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                       "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}},
+        }
+
+    def _nodes_ready(self) -> bool:
+        nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+        ready = [n for n in nodes for c in n.get("status", {}).get("conditions", [])
+                 if c["type"] == "Ready" and c["status"] == "True"]
+        return len(ready) == self.nodes
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            proc = self.processes[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        self.processes.clear()
+
+    # ------------------------------------------------------------- clients
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                kubeconfig: Path | None = None) -> subprocess.CompletedProcess:
+        cmd = [str(self.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}", *args]
+        out = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60)
+        if check and out.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed ({out.returncode}):\n{out.stderr}")
+        return out
+
+    def get_json(self, *args: str, check: bool = True) -> dict | None:
+        out = self.kubectl("get", *args, "-o", "json", check=check)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount (a bound token, 1 h)."""
+        token = self.kubectl("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
+        path.write_text(kubeconfig(self.server, self.workdir / "pki/ca.crt", {"token": token}))
+        return path
+
+
+def main() -> int:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="voxfleet-k8s-"))
+    cluster = LocalCluster(find_binaries(), workdir)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        cluster.start()
+        print(f"cluster up in {cluster.startup_seconds:.1f} s\nexport KUBECONFIG={cluster.admin_kubeconfig}\n"
+              f"logs: {cluster.logs}\nCtrl-C stops it", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

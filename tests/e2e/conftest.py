@@ -1,0 +1,147 @@
+"""e2e tier: a real local Kubernetes control plane (tests/e2e/cluster.py) and the
+operator as a real process against it.
+
+Needs the binaries from `bash scripts/k8s/build.sh` (found through
+$VOXFLEET_K8S_BIN or the build cache). Missing binaries are an error, not a skip:
+the only way to skip this tier is to say so, VOXFLEET_E2E=0. Run it alone with
+`pytest -m e2e` (or `pytest tests/e2e`). Logs of every component and of the
+operator stay in the session's work directory, printed at the start.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import pytest
+
+from tests.e2e.cluster import REPO, ClusterError, LocalCluster, find_binaries
+
+T = TypeVar("T")
+DEPLOY = REPO / "operator" / "deploy"
+OPERATOR_NAMESPACE = "voxfleet-system"
+OPERATOR_ACCOUNT = "voxfleet-operator"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: real local Kubernetes control plane (etcd, apiserver, kwok); "
+                                       "VOXFLEET_E2E=0 skips")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    disabled = os.environ.get("VOXFLEET_E2E", "1").strip().lower() in ("0", "false", "no", "off")
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
+            if disabled:
+                item.add_marker(pytest.mark.skip(reason="e2e tier disabled by VOXFLEET_E2E=0"))
+
+
+def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.5, what: str = "") -> T:
+    """Call `check` until it returns something truthy (returned) or raises no AssertionError."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (AssertionError, ClusterError, KeyError, TypeError) as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout:g} s: {what or check}; last error: {last!r}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    try:
+        bin_dir = find_binaries()
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    workdir = tmp_path_factory.mktemp("k8s")
+    print(f"\ne2e cluster work directory (logs): {workdir}", file=sys.stderr)
+    c = LocalCluster(bin_dir, workdir)
+    try:
+        c.start()
+    except Exception as exc:
+        c.stop()
+        pytest.fail(f"local cluster did not start: {exc}\nlogs in {c.logs}", pytrace=False)
+    print(f"e2e cluster up in {c.startup_seconds:.1f} s at {c.server}", file=sys.stderr)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: LocalCluster) -> str:
+    cluster.kubectl("apply", "--server-side", "-f", str(DEPLOY / "crd.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/sttpools.voxfleet.io")
+    return "sttpools.voxfleet.io"
+
+
+class OperatorProcess:
+    """`python -m stt_operator` as its own process, with the RBAC of operator/deploy."""
+
+    def __init__(self, cluster: LocalCluster, kubeconfig: Path) -> None:
+        self.cluster = cluster
+        self.kubeconfig = kubeconfig
+        self.log = cluster.logs / "operator.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), VOXFLEET_OPERATOR_RESYNC_SECONDS="2",
+                   VOXFLEET_OPERATOR_RETRY_SECONDS="2", VOXFLEET_OPERATOR_LOG_LEVEL="info")
+        env.pop("KUBERNETES_SERVICE_HOST", None)  # never mistake this for in-cluster
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "stt_operator", "run"], env=env, cwd=REPO,
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def operator_process(cluster: LocalCluster, crd: str):
+    cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    cluster.kubectl("apply", "-f", str(DEPLOY / "rbac.yaml"))
+    kubeconfig = cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT,
+                                                    cluster.workdir / "operator.kubeconfig")
+    op = OperatorProcess(cluster, kubeconfig)
+    op.start()
+    yield op
+    op.stop()
+    forbidden = [line for line in op.log.read_text(errors="replace").splitlines() if "forbidden" in line.lower()]
+    assert not forbidden, "the operator hit RBAC refusals:\n" + "\n".join(forbidden[:10])
+
+
+_counter = iter(range(1, 10_000))
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster) -> str:
+    name = f"e2e-{next(_counter)}"
+    cluster.kubectl("create", "namespace", name)
+    eventually(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+               30, what="default ServiceAccount")
+    return name

@@ -1,0 +1,245 @@
+"""The SttPool operator against a real API server: schema, CEL, owned objects,
+rollout, garbage collection, status, restarts. STT pods are kwok's fakes here
+(scheduled, Running, Ready, with 127.2.x.x IPs); their template is checked."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+
+import pytest
+
+from stt_operator import manifests
+from stt_operator.manifests import PoolRef
+from stt_operator.spec import parse
+from tests.e2e.conftest import eventually
+
+LOOPBACK_NET = ipaddress.ip_network("127.0.0.0/8")
+
+
+def pool_manifest(name: str, namespace: str, **spec) -> dict:
+    return {"apiVersion": "voxfleet.io/v1alpha1", "kind": "SttPool",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"image": "voxfleet:e2e", **spec}}
+
+
+def apply(cluster, obj: dict, check: bool = True):
+    return cluster.kubectl("apply", "-f", "-", input=json.dumps(obj), check=check)
+
+
+def condition(pool: dict, kind: str) -> dict:
+    return next(c for c in pool.get("status", {}).get("conditions", []) if c["type"] == kind)
+
+
+def owned_names(pool: str) -> dict[str, str]:
+    ref = PoolRef(pool, "", "")
+    return {"statefulset": ref.statefulset, "service": ref.headless_service, "poddisruptionbudget": ref.pdb,
+            "deployment": ref.router, "service/router": ref.router}
+
+
+# ------------------------------------------------------------------ the CRD
+
+def test_crd_is_served_with_short_name(cluster, crd):
+    resources = cluster.kubectl("api-resources", "--api-group=voxfleet.io", "-o", "wide").stdout
+    assert "sttpools" in resources and "stp" in resources and "SttPool" in resources
+    assert cluster.kubectl("get", "stp", "-A").returncode == 0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"minReplicas": 5, "maxReplicas": 2}, "minReplicas must be less than or equal to maxReplicas"),
+    ({"buffer": 40, "sessionsPerPod": 8, "maxReplicas": 4}, "buffer must be less than sessionsPerPod * maxReplicas"),
+    ({"model": {"device": "cuda"}}, "model.device cuda needs resources.gpus of at least 1"),
+    ({"model": {"device": "tpu"}}, 'Unsupported value: "tpu"'),
+    ({"podSettings": {"model": "x"}}, "podSettings: unknown or spec-owned pod setting"),
+    ({"router": {"ingress": {"enabled": True}}}, "router.ingress.host is required"),
+])
+def test_invalid_pool_is_rejected_by_the_api_server(cluster, crd, namespace, spec, message):
+    out = apply(cluster, pool_manifest("bad", namespace, **spec), check=False)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
+    assert cluster.get_json("sttpool", "bad", "-n", namespace, check=False) is None
+
+
+def test_long_name_is_rejected(cluster, crd, namespace):
+    out = apply(cluster, pool_manifest("x" * 41, namespace), check=False)
+    assert out.returncode != 0 and "at most 40 characters" in out.stderr, out.stderr
+
+
+def test_api_server_applies_the_schema_defaults(cluster, crd, namespace):
+    out = cluster.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-",
+                          input=json.dumps(pool_manifest("defaults", namespace)))
+    stored = json.loads(out.stdout)["spec"]
+    assert stored["minReplicas"] == 1 and stored["maxReplicas"] == 4 and stored["sessionsPerPod"] == 8
+    assert stored["model"] == {"name": "tiny.en", "device": "cpu", "computeType": "int8"}
+    assert stored["router"]["ingress"]["enabled"] is False
+    assert parse(stored) == parse({"image": "voxfleet:e2e"})
+
+
+# ------------------------------------------------------- the operator at work
+
+def wait_pool_ready(cluster, namespace: str, name: str, timeout: float = 90) -> dict:
+    def ready():
+        pool = cluster.get_json("sttpool", name, "-n", namespace)
+        assert condition(pool, "Ready")["status"] == "True", pool.get("status")
+        return pool
+    return eventually(ready, timeout, what=f"SttPool {name} Ready")
+
+
+def test_pool_gets_owned_objects_pods_and_status(cluster, operator_process, namespace):
+    apply(cluster, pool_manifest("en", namespace, minReplicas=2, maxReplicas=5,
+                                 podSettings={"maxBatch": 4}, drainTimeoutSeconds=60))
+    pool = wait_pool_ready(cluster, namespace, "en")
+    uid = pool["metadata"]["uid"]
+
+    for kind, name in [("statefulset", "en-stt"), ("service", "en-stt"), ("poddisruptionbudget", "en-stt"),
+                       ("deployment", "en-router"), ("service", "en-router")]:
+        obj = cluster.get_json(kind, name, "-n", namespace)
+        owners = obj["metadata"]["ownerReferences"]
+        assert owners == [{"apiVersion": "voxfleet.io/v1alpha1", "kind": "SttPool", "name": "en", "uid": uid,
+                           "controller": True, "blockOwnerDeletion": True}], kind
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "en" and labels["app.kubernetes.io/name"] == "voxfleet"
+        assert labels["app.kubernetes.io/managed-by"] == "voxfleet-operator"
+
+    sts = cluster.get_json("statefulset", "en-stt", "-n", namespace)
+    expected = manifests.statefulset(PoolRef("en", namespace, uid), parse(pool["spec"]), 2)
+    assert sts["spec"]["replicas"] == 2
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    live_pod, want_pod = sts["spec"]["template"]["spec"], expected["spec"]["template"]["spec"]
+    assert live_pod["terminationGracePeriodSeconds"] == 90
+    for key in ("env", "command", "ports", "readinessProbe", "livenessProbe", "startupProbe", "image"):
+        live, want = live_pod["containers"][0][key], want_pod["containers"][0][key]
+        if isinstance(want, dict):  # the API server adds defaults (scheme, successThreshold, ...)
+            assert {k: live[k] for k in want} == want, key
+        elif key == "ports":
+            assert [{k: p[k] for k in w} for p, w in zip(live, want)] == want
+        else:
+            assert live == want, key
+    assert live_pod["affinity"] == want_pod["affinity"]
+
+    # kwok's fake kubelet runs the pods: scheduled onto fake nodes, with loopback IPs.
+    def pods_running():
+        pods = cluster.get_json("pods", "-n", namespace, "-l", manifests.selector_string(
+            PoolRef("en", namespace, uid)))["items"]
+        assert len(pods) == 2 and all(p["status"].get("phase") == "Running" for p in pods), pods
+        return pods
+    pods = eventually(pods_running, 60, what="2 STT pods Running")
+    assert sorted(p["metadata"]["name"] for p in pods) == ["en-stt-0", "en-stt-1"]
+    for p in pods:
+        assert ipaddress.ip_address(p["status"]["podIP"]) in LOOPBACK_NET
+        assert p["spec"]["nodeName"].startswith("kwok-node-")
+    svc = cluster.get_json("service", "en-router", "-n", namespace)
+    assert ipaddress.ip_address(svc["spec"]["clusterIP"]) in LOOPBACK_NET
+
+    status = cluster.get_json("sttpool", "en", "-n", namespace)["status"]
+    assert status["replicas"] == 2 and status["readyReplicas"] == 2 and status["desiredReplicas"] == 2
+    assert status["selector"] == manifests.selector_string(PoolRef("en", namespace, uid))
+    assert condition({"status": status}, "Degraded")["status"] == "False"
+    assert condition({"status": status}, "MetricsAvailable")["reason"] == "NoPrometheus"
+
+    table = cluster.kubectl("get", "sttpools", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "REPLICAS", "SESSIONS", "UTILIZATION", "AGE"]
+    assert table[1].split()[:3] == ["en", "2", "2"]
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                             "involvedObject.kind=SttPool").stdout
+    assert "Reconciled" in events
+
+
+def test_spec_change_rolls_out_a_new_template(cluster, operator_process, namespace):
+    apply(cluster, pool_manifest("roll", namespace, minReplicas=2, maxReplicas=2))
+    wait_pool_ready(cluster, namespace, "roll")
+    before = cluster.get_json("statefulset", "roll-stt", "-n", namespace)
+    cluster.kubectl("patch", "sttpool", "roll", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"model": {"name": "base.en"}}}))
+
+    def new_template():
+        sts = cluster.get_json("statefulset", "roll-stt", "-n", namespace)
+        env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["VOXFLEET_POD_MODEL"] == "base.en"
+        return sts
+    after = eventually(new_template, 30, what="StatefulSet template has the new model")
+    assert after["metadata"]["generation"] > before["metadata"]["generation"]
+
+    def rolled():
+        sts = cluster.get_json("statefulset", "roll-stt", "-n", namespace)
+        st = sts["status"]
+        assert st.get("updateRevision") != before["status"]["updateRevision"]
+        assert st.get("currentRevision") == st.get("updateRevision") and st.get("readyReplicas") == 2, st
+        return True
+    eventually(rolled, 90, what="rolling update done")
+    pool = wait_pool_ready(cluster, namespace, "roll")
+    assert condition(pool, "Scaling")["status"] == "False"
+    assert pool["status"]["observedGeneration"] == pool["metadata"]["generation"]
+
+
+def test_ingress_follows_the_spec(cluster, operator_process, namespace):
+    apply(cluster, pool_manifest("web", namespace, router={"ingress": {
+        "enabled": True, "host": "stt.example.test", "timeoutSeconds": 1800}}))
+    ing = eventually(lambda: cluster.get_json("ingress", "web", "-n", namespace, check=False), 30, what="Ingress")
+    assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "1800"
+    assert ing["spec"]["rules"][0]["host"] == "stt.example.test"
+    cluster.kubectl("patch", "sttpool", "web", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"router": {"ingress": {"enabled": False}}}}))
+    eventually(lambda: cluster.get_json("ingress", "web", "-n", namespace, check=False) is None, 30,
+               what="Ingress removed")
+
+
+def test_external_mode_follows_the_scale_subresource(cluster, operator_process, namespace):
+    apply(cluster, pool_manifest("ext", namespace, minReplicas=1, maxReplicas=3,
+                                 autoscaling={"mode": "external"}))
+    wait_pool_ready(cluster, namespace, "ext")
+    cluster.kubectl("scale", "sttpool", "ext", "-n", namespace, "--replicas=3")
+    eventually(lambda: cluster.get_json("statefulset", "ext-stt", "-n", namespace)["spec"]["replicas"] == 3, 30,
+               what="StatefulSet scaled to 3")
+    scale = json.loads(cluster.kubectl("get", "--raw",
+                                       f"/apis/voxfleet.io/v1alpha1/namespaces/{namespace}/sttpools/ext/scale").stdout)
+    assert scale["spec"]["replicas"] == 3
+    eventually(lambda: cluster.get_json("sttpool", "ext", "-n", namespace)["status"]["replicas"] == 3, 60,
+               what="status.replicas 3")
+    cluster.kubectl("scale", "sttpool", "ext", "-n", namespace, "--replicas=9")  # beyond max: clamped
+    time.sleep(3)
+    assert cluster.get_json("statefulset", "ext-stt", "-n", namespace)["spec"]["replicas"] == 3
+
+
+def test_restart_and_resync_change_nothing_and_keep_manual_changes(cluster, operator_process, namespace):
+    apply(cluster, pool_manifest("calm", namespace, minReplicas=1, maxReplicas=4))
+    wait_pool_ready(cluster, namespace, "calm")
+    # A person scales within bounds and annotates: fields the operator does not own... (replicas it
+    # sets only at creation in builtin mode; the autoscaler will own them later).
+    cluster.kubectl("scale", "statefulset", "calm-stt", "-n", namespace, "--replicas=2")
+    cluster.kubectl("annotate", "statefulset", "calm-stt", "-n", namespace, "team/owner=speech")
+
+    def versions():
+        return {kind: cluster.get_json(kind, name, "-n", namespace)["metadata"]["resourceVersion"]
+                for kind, name in [("statefulset", "calm-stt"), ("deployment", "calm-router"),
+                                   ("service", "calm-stt"), ("poddisruptionbudget", "calm-stt")]}
+
+    eventually(lambda: cluster.get_json("statefulset", "calm-stt", "-n", namespace)["status"].get(
+        "readyReplicas") == 2, 60, what="2 ready")
+    time.sleep(5)  # at least two resync periods
+    settled = versions()
+    operator_process.restart()
+    time.sleep(8)  # resume handlers and resyncs have run
+    assert operator_process.alive(), operator_process.tail()
+    assert "calm" in operator_process.log.read_text()
+    sts = cluster.get_json("statefulset", "calm-stt", "-n", namespace)
+    assert versions()["deployment"] == settled["deployment"]
+    assert versions()["service"] == settled["service"]
+    assert versions()["poddisruptionbudget"] == settled["poddisruptionbudget"]
+    assert sts["spec"]["replicas"] == 2
+    assert sts["metadata"]["annotations"]["team/owner"] == "speech"
+
+
+def test_deleting_the_pool_removes_everything(cluster, operator_process, namespace):
+    apply(cluster, pool_manifest("gone", namespace, router={"ingress": {"enabled": True, "host": "h.test"}}))
+    wait_pool_ready(cluster, namespace, "gone")
+    assert cluster.get_json("ingress", "gone", "-n", namespace, check=False) is not None
+    cluster.kubectl("delete", "sttpool", "gone", "-n", namespace, "--wait=true", "--timeout=30s")
+
+    def all_gone():
+        for kind in ("statefulsets", "deployments", "services", "poddisruptionbudgets", "ingresses", "pods"):
+            items = cluster.get_json(kind, "-n", namespace, "-l", "app.kubernetes.io/instance=gone")["items"]
+            assert not items, f"{kind} left: {[i['metadata']['name'] for i in items]}"
+        return True
+    eventually(all_gone, 90, what="owned objects garbage-collected")
