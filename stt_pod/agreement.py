@@ -26,10 +26,15 @@ class LocalAgreement:
         self.previous: list[Word] = []  # last hypothesis, past the commit point
         self.committed: list[Word] = []  # recent committed words, for overlap removal
 
-    def fresh(self, hypothesis: list[Word], committed_until: float) -> list[Word]:
-        """The part of `hypothesis` not already committed."""
+    def fresh(self, hypothesis: list[Word], committed_until: float, overlap: bool = True) -> list[Word]:
+        """The part of `hypothesis` not already committed.
+
+        `overlap`: the window covered committed audio, so its first words may
+        repeat committed ones (a window that starts after the commit point
+        cannot, and a word said twice there is really said twice).
+        """
         words = [w for w in hypothesis if w.end > committed_until + TIME_TOLERANCE or w.start >= committed_until - TIME_TOLERANCE]
-        if words and self.committed and abs(words[0].start - committed_until) < OVERLAP_SECONDS:
+        if overlap and words and self.committed and abs(words[0].start - committed_until) < OVERLAP_SECONDS:
             tail = [w.key for w in self.committed[-MAX_OVERLAP_WORDS:]]
             for n in range(min(len(tail), len(words)), 0, -1):
                 if tail[-n:] == [w.key for w in words[:n]]:
@@ -37,9 +42,9 @@ class LocalAgreement:
                     break
         return words
 
-    def update(self, hypothesis: list[Word], committed_until: float) -> tuple[list[Word], list[Word]]:
+    def update(self, hypothesis: list[Word], committed_until: float, overlap: bool = True) -> tuple[list[Word], list[Word]]:
         """Feed a new hypothesis; returns (newly agreed words, still tentative words)."""
-        words = self.fresh(hypothesis, committed_until)
+        words = self.fresh(hypothesis, committed_until, overlap)
         agreed: list[Word] = []
         for old, new in zip(self.previous, words):
             if not new.key or old.key != new.key:

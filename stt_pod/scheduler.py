@@ -37,7 +37,7 @@ KIND_RANK = {FINAL: 0, PARTIAL: 1}
 Decode = Callable[[list[np.ndarray]], list[list[Word]]]
 
 
-@dataclass
+@dataclass(eq=False)
 class Pending:
     key: Hashable  # the submitting session
     job: Job
@@ -76,22 +76,27 @@ class BatchScheduler:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
+        self._running: list[Pending] = []  # the batch in the model right now
+        self._closed = False
         self.busy = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
 
     async def stop(self) -> None:
+        self._closed = True
+        unfinished = self._queue + self._running  # the task's own cleanup forgets the running batch
         if self._task:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for p in self._queue:
+        for p in unfinished:
             if not p.future.done():
                 p.future.set_exception(SchedulerClosed())
         self._queue.clear()
+        self._running = []
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -101,6 +106,9 @@ class BatchScheduler:
     def submit(self, key: Hashable, job: Job, priority: str = "normal") -> asyncio.Future:
         """Queue a job; the future gets its words, or None if it was dropped."""
         future = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(SchedulerClosed())
+            return future
         if job.kind == PARTIAL:
             self._drop(self._queued_partial(key), "replaced")
         self._queue.append(Pending(key, job, priority, next(self._arrivals), self._clock(), future))
@@ -149,9 +157,12 @@ class BatchScheduler:
             if not batch:
                 continue
             self.busy = True
+            self._running = batch
             started = time.monotonic()
             try:
                 results = await loop.run_in_executor(self._executor, self._decode, [p.job.audio for p in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"decode returned {len(results)} results for {len(batch)} windows")
             except Exception as exc:  # the model failed: fail these jobs, keep serving
                 log.exception("decode of a batch of %d failed", len(batch))
                 for p in batch:
@@ -160,6 +171,7 @@ class BatchScheduler:
                 continue
             finally:
                 self.busy = False
+                self._running = []
             self._observe(batch, now, time.monotonic() - started)
             for p, words in zip(batch, results):
                 if not p.future.done():

@@ -51,7 +51,7 @@ class StreamConfig:
     partials: bool = True
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     """A window of one session's audio to decode."""
 
@@ -59,6 +59,7 @@ class Job:
     start: int  # first sample, in session samples
     end: int  # one past the last sample
     audio: np.ndarray = field(repr=False)
+    speech_end: int = 0  # a final commits up to here: its end without the trailing pad
 
     @property
     def offset(self) -> float:
@@ -97,7 +98,7 @@ class SessionStream:
         self._buffer_start = 0  # session sample index of _buffer[0]
         self.total = 0  # samples received
         self.committed = 0  # audio before this sample is final (or was silence)
-        self._closed: deque[tuple[int, int]] = deque()  # utterances awaiting their final job
+        self._closed: deque[tuple[int, int, int]] = deque()  # (start, end, speech end) awaiting a final job
         self.finals_in_flight = 0
         self.partial_in_flight = False
         self._last_partial_end = 0
@@ -129,7 +130,7 @@ class SessionStream:
         self.finished = True
 
     def _close(self, start: int, end: int) -> None:
-        self._closed.append((max(start - self._pad, 0), min(end + self._pad, self.total)))
+        self._closed.append((max(start - self._pad, 0), min(end + self._pad, self.total), min(end, self.total)))
 
     # --- what to decode
 
@@ -152,11 +153,11 @@ class SessionStream:
         if self.partial_in_flight:
             return jobs
         while self._closed:
-            start, end = self._closed.popleft()
+            start, end, speech_end = self._closed.popleft()
             if end - max(start, self.committed) >= CHUNK:
-                jobs.append(self._job(FINAL, start, end))
+                jobs.append(self._job(FINAL, start, end, speech_end))
             else:
-                self.committed = max(self.committed, end)
+                self.committed = max(self.committed, speech_end)
         self.finals_in_flight += len(jobs)
         if not jobs and self._partial_due():
             start = self.segmenter.start * CHUNK - self._pad
@@ -172,13 +173,13 @@ class SessionStream:
             and not self.finished
             and not self.finals_in_flight
             and self.segmenter.in_speech
-            and self.total - self._last_partial_end >= self.config.partial_interval * SR
+            and self.total - max(self._last_partial_end, self.segmenter.start * CHUNK) >= self.config.partial_interval * SR
         )
 
-    def _job(self, kind: str, start: int, end: int) -> Job:
+    def _job(self, kind: str, start: int, end: int, speech_end: int | None = None) -> Job:
         start = max(start, self._buffer_start)
         lo, hi = start - self._buffer_start, end - self._buffer_start
-        return Job(kind, start, end, self._buffer[lo:hi].copy())
+        return Job(kind, start, end, self._buffer[lo:hi].copy(), end if speech_end is None else speech_end)
 
     def _trim(self) -> None:
         """Drop audio that no future job can need."""
@@ -193,7 +194,7 @@ class SessionStream:
             self._buffer_start = keep
             if not self._closed and not self.finals_in_flight:
                 self.committed = max(self.committed, min(keep, self._last_final_safe()))
-        cut = bisect.bisect_left(self._arrival_samples, keep)
+        cut = bisect.bisect_left(self._arrival_samples, min(keep, self.committed))  # latency of pending finals
         if cut > 1:
             del self._arrival_samples[: cut - 1], self._arrival_times[: cut - 1]
 
@@ -210,7 +211,7 @@ class SessionStream:
             if words is None or self.finished or self._closed:
                 return []
             agreed, tentative = self.agreement.update(
-                [w.shifted(job.offset) for w in words], self.committed / SR
+                [w.shifted(job.offset) for w in words], self.committed / SR, job.start < self.committed
             )
             events: list[FinalEvent | PartialEvent] = []
             if agreed:
@@ -223,8 +224,13 @@ class SessionStream:
                 events.append(PartialEvent(text, start, tentative[-1].end if tentative else start))
             return events
         self.finals_in_flight -= 1
-        fresh = self.agreement.fresh([w.shifted(job.offset) for w in (words or [])], self.committed / SR)
-        self.committed = max(self.committed, job.end)
+        fresh = self.agreement.fresh(
+            [w.shifted(job.offset) for w in (words or [])], self.committed / SR, job.start < self.committed
+        )
+        # Commit to the end of the speech, not of the pad: after a forced split the
+        # pad is the next piece's first word, which that piece must still say.
+        last_word = int(fresh[-1].end * SR) if fresh else 0
+        self.committed = max(self.committed, job.speech_end, min(last_word, job.end))
         self.agreement.reset()
         self._last_partial_text = ""
         if not join(fresh):

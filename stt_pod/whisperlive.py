@@ -240,11 +240,13 @@ async def _serve(pod: "PodServer", ws: ServerConnection, session: Session, opts:
             task.cancel()
         await asyncio.gather(reader, writer, return_exceptions=True)
     if writer in done and not writer.cancelled() and writer.exception() is None:
-        # Every segment, then DISCONNECT, went out: close with the session's code.
+        # Every segment, then DISCONNECT, went out: free the slot, close with the session's code.
+        # (Released first: the client's side of the closing handshake may take seconds;
+        # websocket-client's close() waits up to 3 s for a close frame its reader thread ate.)
         end = session.ended
+        pod.release(session)
         reason = end.error.code if end and end.error else "end of session"
         await ws.close(end.close_code if end else CloseCode.NORMAL, reason)
-        pod.release(session)
         return
     # The connection dropped, or a task failed. WhisperLive has no resume: the
     # session flushes (for the metrics and the log) and is released.

@@ -65,7 +65,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     except TranscriptionError as exc:
         print(f"voxfleet transcribe: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"voxfleet transcribe: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -70,7 +70,12 @@ def read_audio(path: str | Path) -> Audio:
     """A WAV (or any file libsndfile reads): 16-bit stays pcm16, anything else goes as float32."""
     import soundfile as sf
 
-    info = sf.info(str(path))
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such audio file: {path}")
+    try:
+        info = sf.info(str(path))
+    except sf.LibsndfileError as exc:
+        raise ValueError(f"cannot read {path} as audio: {exc}") from None
     encoding = "pcm16" if info.subtype in ("PCM_16", "PCM_S8", "PCM_U8") else "float32"
     data, rate = sf.read(str(path), dtype="int16" if encoding == "pcm16" else "float32", always_2d=True)
     return Audio(AudioFormat(int(rate), encoding, data.shape[1]), np.ascontiguousarray(data).astype("<" + data.dtype.str[1:]).tobytes())

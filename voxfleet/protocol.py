@@ -171,8 +171,8 @@ def parse_audio_format(obj: dict) -> AudioFormat:
 def decode_json(text: str | bytes) -> dict:
     try:
         obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}", CloseCode.INVALID_DATA) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc!s:.200}", CloseCode.INVALID_DATA) from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, "a message must be a JSON object", CloseCode.INVALID_DATA)
     return obj

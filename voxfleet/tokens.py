@@ -40,7 +40,7 @@ def _unb64(text: str) -> bytes:
 class TokenSigner:
     def __init__(self, secrets_by_id: dict[str, bytes] | None = None):
         """`secrets_by_id`: key id -> secret; the first signs, all verify."""
-        self._secrets = dict(secrets_by_id or {"k0": secrets.token_bytes(32)})
+        self._secrets = dict({"k0": secrets.token_bytes(32)} if secrets_by_id is None else secrets_by_id)
         if not self._secrets:
             raise ValueError("at least one secret is needed")
         self._signing_id = next(iter(self._secrets))
@@ -53,7 +53,8 @@ class TokenSigner:
         return cls({hashlib.sha256(secret.encode()).hexdigest()[:8]: secret.encode()})
 
     def sign(self, session_id: str, pod: str, ttl: float, now: float | None = None) -> str:
-        claims = {"sid": session_id, "pod": pod, "exp": round((now or time.time()) + ttl, 3), "kid": self._signing_id}
+        now = time.time() if now is None else now
+        claims = {"sid": session_id, "pod": pod, "exp": round(now + ttl, 3), "kid": self._signing_id}
         body = _b64(json.dumps(claims, separators=(",", ":")).encode())
         return body + "." + self._mac(self._signing_id, body)
 
@@ -64,13 +65,15 @@ class TokenSigner:
             kid = claims["kid"]
         except (ValueError, KeyError, TypeError):
             raise InvalidToken("malformed token") from None
-        if kid not in self._secrets or not hmac.compare_digest(mac, self._mac(kid, body)):
+        if not isinstance(kid, str) or kid not in self._secrets or not hmac.compare_digest(
+            mac.encode("utf-8", "replace"), self._mac(kid, body).encode()
+        ):
             raise InvalidToken("token signature does not verify")
         try:
             parsed = SessionClaims(str(claims["sid"]), str(claims["pod"]), float(claims["exp"]), kid)
         except (KeyError, TypeError, ValueError):
             raise InvalidToken("malformed token claims") from None
-        if parsed.expires < (now or time.time()):
+        if parsed.expires < (time.time() if now is None else now):
             raise InvalidToken("token expired")
         return parsed
 

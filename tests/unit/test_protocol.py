@@ -175,7 +175,7 @@ def test_protocol_error_renders_as_an_error_message():
     assert err.to_message() == {"type": "error", "code": ErrorCode.UNKNOWN_MESSAGE, "message": err.message}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: deeply nested JSON raises RecursionError, not ProtocolError")
+
 def test_deeply_nested_json_is_refused_as_bad_json():
     # Well under the pod's 1 MiB max_frame_bytes; the module promises that
     # parsing raises nothing but ProtocolError.

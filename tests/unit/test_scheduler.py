@@ -310,7 +310,7 @@ async def test_stop_fails_what_is_still_queued(make):
     assert model.batches == [] and s.queue_length == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: stop() cancels the loop mid-decode and never resolves that batch's futures")
+
 async def test_stop_resolves_the_batch_being_decoded(make):
     started, release = threading.Event(), threading.Event()
 

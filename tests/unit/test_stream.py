@@ -445,24 +445,19 @@ def test_long_speech_says_no_word_twice_and_keeps_their_order():
 
 def test_agreed_final_latency_is_from_the_arrival_of_its_last_word():
     h = Harness(truth=spoken(1.0, "a", "b", "c", "d", "e", "f"), answer_kinds=())
-    h.feed(np.concatenate([silence(1), tone(0.1)]))
-    h.answer(h.pending[0])  # at the onset of speech: no whole word yet
-    h.feed(tone(1.4))  # the next partial is made at 2.1 s of audio
+    h.feed(np.concatenate([silence(1), tone(1.0)]))  # the first partial: a second into speech, at 2.0 s
     [first] = h.pending
-    assert first.end == int(2.1 * SR)
-    assert h.answer(first)[0].text == "a b c"  # a partial event: nothing agreed yet
-    h.feed(tone(0.6))  # the next at 3.1 s
+    assert first.end == int(2.0 * SR)
+    assert h.answer(first)[0].text == "a b"  # a partial event: nothing agreed yet ("c" is cut off)
+    h.feed(tone(1.0))  # the next at 3.0 s
     h.now = 20.0
     events = h.answer(h.pending[0])
     [final] = [e for e in events if isinstance(e, FinalEvent)]
-    assert final.text == "a b c"  # what both hypotheses held
-    arrival = 2.1  # "c" ends at 2.1 s, in the frame that arrived at now = 2.1 (the clock is the audio sent)
+    assert final.text == "a b"  # what both hypotheses held
+    arrival = 1.7  # "b" ends at 1.7 s, in the frame that arrived at now = 1.7 (the clock is the audio sent)
     assert final.latency == pytest.approx(h.now - arrival, abs=FRAME / SR)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: _trim drops the arrival records a final in flight still needs, so its latency is measured "
-    "from a later frame (final_latency_seconds under-reports)"))
 def test_final_latency_is_from_the_arrival_of_the_last_word():
     h = Harness(no_partials(), truth=spoken(1.0, "a", "b"), answer_kinds=())
     h.feed(np.concatenate([silence(1), tone(1)]))
@@ -476,9 +471,6 @@ def test_final_latency_is_from_the_arrival_of_the_last_word():
 # --- bugs ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a final of a new utterance drops a first word that equals the previous utterance's last word "
-    "(agreement overlap removal applies to windows that cannot overlap committed audio)"))
 def test_a_word_repeated_after_a_pause_is_kept():
     truth = [Word(" No.", 1.0, 1.3), Word(" No.", 2.0, 2.3)]
     h = Harness(no_partials(), truth=truth)
@@ -488,9 +480,6 @@ def test_a_word_repeated_after_a_pause_is_kept():
     assert [e.text for e in h.finals] == ["No.", "No."]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: after a forced split (max_window) the commit point is the padded end of the first piece: "
-    "a word straddling the cut, which the first window holds only in part, is dropped by both finals"))
 def test_unbroken_speech_longer_than_max_window_loses_no_word():
     config = StreamConfig(max_window=3.0, partial_interval=0.7)
     texts = [f"w{i}" for i in range(45)]
@@ -500,9 +489,6 @@ def test_unbroken_speech_longer_than_max_window_loses_no_word():
     assert h.final_words() == texts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: after a forced split (max_window) the commit point is set to the padded end of the first piece, "
-    "so a short word just after the cut that the first window did not hold in full is dropped by both finals"))
 def test_a_word_just_after_a_forced_split_is_not_lost():
     config = StreamConfig(max_window=2.0, partials=False)  # split at 62 chunks of an utterance
     start_chunk = 32  # speech from 1.024 s

@@ -1,0 +1,53 @@
+"""The `voxfleet` command as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.wire import open_session
+from tests.speech import SENTENCES, conversation, wer
+from voxfleet.cli import bundled_sample
+
+pytestmark = pytest.mark.integration
+
+
+def voxfleet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "voxfleet", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_transcribe_prints_the_transcript(pod):
+    sentences = SENTENCES[22:24]
+    done = voxfleet("transcribe", pod.url, str(conversation(sentences)))
+    assert done.returncode == 0, done.stderr
+    assert wer(" ".join(sentences), done.stdout) <= 0.3, done.stdout
+
+
+def test_transcribe_shows_partials_on_stderr_with_realtime(pod):
+    done = voxfleet("transcribe", pod.url, str(conversation(SENTENCES[0:1])), "--realtime", "--partials")
+    assert done.returncode == 0 and "…" in done.stderr and done.stdout.strip()
+
+
+async def test_refusal_exits_nonzero_with_a_clear_message(pod_factory):
+    pod = pod_factory("--max-sessions", "1")
+    ws, _ = await open_session(pod.url)
+    import asyncio
+
+    done = await asyncio.to_thread(voxfleet, "transcribe", pod.url, str(bundled_sample()))
+    await ws.close()
+    assert done.returncode != 0 and "full" in done.stderr and "1013" in done.stderr, done.stderr
+
+
+def test_unreachable_and_missing_file_exit_nonzero(tmp_path):
+    done = voxfleet("transcribe", "ws://127.0.0.1:9", str(bundled_sample()), timeout=60)
+    assert done.returncode != 0 and "voxfleet transcribe:" in done.stderr
+    done = voxfleet("transcribe", "ws://127.0.0.1:9", str(tmp_path / "missing.wav"))
+    assert done.returncode != 0 and "voxfleet transcribe:" in done.stderr
+
+
+def test_bad_setting_in_environment_is_a_clear_error():
+    done = subprocess.run([sys.executable, "-m", "voxfleet", "pod"], capture_output=True, text=True, timeout=30,
+                          env={"VOXFLEET_POD_MAX_SESSIONS": "many", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "VOXFLEET_POD_MAX_SESSIONS" in done.stderr
