@@ -22,4 +22,7 @@ python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".${extras}"
+if [[ -n "$extras" ]]; then
+  bash scripts/install-whisperlive-client.sh .venv/bin/python  # the real client, for compatibility tests
+fi
 echo "voxfleet installed in .venv ($(.venv/bin/python -c 'import voxfleet, sys; print(sys.version.split()[0])'))" >&2

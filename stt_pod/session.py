@@ -22,7 +22,7 @@ from stt_pod.audio import AudioDecoder
 from stt_pod.metrics import PodMetrics
 from stt_pod.ordering import FrameOrderer
 from stt_pod.scheduler import BatchScheduler
-from stt_pod.stream import FinalEvent, Job, PartialEvent, SessionStream
+from stt_pod.stream import FINAL, FinalEvent, Job, PartialEvent, SessionStream
 from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError, Start
 
@@ -175,6 +175,10 @@ class Session:
                 self.partial = event
                 self.partial_version += 1
                 self._notify()
+        if job.kind == FINAL and self.partial is not None:
+            self.partial = None  # the final covers what the partial showed
+            self.partial_version += 1
+            self._notify()
         self._backlog_ok.set()  # the reader re-checks its backlog
         self.pump()
 
