@@ -17,7 +17,6 @@ import logging
 import signal
 import socket
 import time
-from dataclasses import asdict
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers

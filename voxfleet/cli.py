@@ -2,7 +2,7 @@
 
     voxfleet pod [--port 8765 ...]        run an STT pod
     voxfleet transcribe URL FILE          stream a file, print the transcript
-    voxfleet demo                         start a local pod, transcribe the bundled sample
+    voxfleet demo                         voxfleet up, transcribe the bundled sample, stop
     voxfleet router --pods ws://...       run a router in front of pods
     voxfleet up [--port 8765] [--pods 2]  run a router and local pods until Ctrl-C
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -88,20 +86,22 @@ def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Start a pod on loopback, transcribe the bundled sample through it, stop."""
-    env = dict(os.environ, VOXFLEET_POD_LOG_LEVEL="warning")
-    pod = subprocess.Popen([sys.executable, "-m", "voxfleet", "pod", "--host", "127.0.0.1", "--port", str(args.port)], env=env)
+    """`voxfleet up` on loopback, the bundled sample transcribed through its router, then a clean stop."""
+    from voxfleet.up import LocalFleet
+
+    fleet = LocalFleet(args.port, args.pods)
+    print(f"starting a router on 127.0.0.1:{args.port} and {args.pods} pod(s) (model tiny.en) ...", file=sys.stderr)
     try:
-        print(f"starting a pod on 127.0.0.1:{args.port} (model tiny.en) ...", file=sys.stderr)
-        wait_ready(f"http://127.0.0.1:{args.port}/readyz", 120, pod)
+        fleet.start()
         sample = Path(args.file) if args.file else bundled_sample()
-        print(f"transcribing {sample.name}:", file=sys.stderr)
-        code = cmd_transcribe(argparse.Namespace(url=f"ws://127.0.0.1:{args.port}", file=sample, realtime=False,
-                                                 partials=False, language="en", priority="normal"))
+        print(f"transcribing {sample.name} through {fleet.url}:", file=sys.stderr)
+        return cmd_transcribe(argparse.Namespace(url=fleet.url, file=sample, realtime=False, partials=False,
+                                                 language="en", priority="normal"))
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"voxfleet demo: {exc}", file=sys.stderr)
+        return 1
     finally:
-        pod.send_signal(signal.SIGTERM)
-        pod.wait(30)
-    return code
+        fleet.stop()
 
 
 def cmd_router(args: argparse.Namespace) -> int:
@@ -147,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--priority", default="normal", choices=("high", "normal", "low"))
     tr.set_defaults(func=cmd_transcribe)
 
-    demo = sub.add_parser("demo", help="start a local pod and transcribe the bundled sample")
-    demo.add_argument("--port", type=int, default=8765)
+    demo = sub.add_parser("demo", help="voxfleet up, transcribe the bundled sample through it, stop")
+    demo.add_argument("--port", type=int, default=8765, help="the router's port")
+    demo.add_argument("--pods", type=int, default=2)
     demo.add_argument("--file", help="another audio file to transcribe instead")
     demo.set_defaults(func=cmd_demo)
 

@@ -116,6 +116,9 @@ async def transcribe(
                 else:
                     await ws.send(p.encode(p.resume_message(p.Resume(token, acked, last_segment))))
                 ready = json.loads(await ws.recv())
+                while ready.get("type") == "queued":  # a router holds us until a pod has room
+                    log.info("queued at position %s of %s", ready.get("position"), ready.get("queue_length"))
+                    ready = json.loads(await ws.recv())
                 if ready.get("type") == "error":
                     await ws.wait_closed()
                     raise TranscriptionError(ready["code"], ready["message"], ws.close_code)
@@ -135,6 +138,8 @@ async def transcribe(
                             yield Result(False, msg["text"], msg["start"], msg["end"])
                         elif kind == "ack":
                             acked = max(acked, msg["seq"])
+                        elif kind == "token":
+                            token = msg["resume_token"]
                         elif kind == "error":
                             error = TranscriptionError(msg["code"], msg["message"])
                         elif kind == "warning":

@@ -76,6 +76,11 @@ class ErrorCode:
     START_TIMEOUT = "start_timeout"
     INVALID_TOKEN = "invalid_token"
     UNKNOWN_SESSION = "unknown_session"
+    QUEUE_FULL = "queue_full"  # router: no free slot and no room to wait (1013)
+    QUEUE_TIMEOUT = "queue_timeout"  # router: waited the longest allowed (1013)
+    MISSING_API_KEY = "missing_api_key"  # router (1008)
+    INVALID_API_KEY = "invalid_api_key"  # router (1008)
+    KEY_LIMIT = "key_limit"  # router: the key's concurrent sessions are all in use (1008)
     INTERNAL = "internal"
 
 
@@ -234,6 +239,16 @@ def ready(session_id: str, resume_token: str, next_seq: int = 0, resumed: bool =
         "next_seq": next_seq,
         "resumed": resumed,
     }
+
+
+def queued(position: int, queue_length: int) -> dict[str, Any]:
+    """Router: no pod has a free slot yet; you are `position` in line (1 is next)."""
+    return {"type": "queued", "position": position, "queue_length": queue_length}
+
+
+def token(resume_token: str) -> dict[str, Any]:
+    """Router: the session moved (failover); resume with this token from now on."""
+    return {"type": "token", "resume_token": resume_token}
 
 
 def partial(text: str, start: float, end: float) -> dict[str, Any]:

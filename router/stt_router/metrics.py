@@ -26,6 +26,7 @@ class RouterMetrics:
         self.queue_wait = Histogram(p + "queue_wait_seconds", "Time a session waited for a slot (placed or not)", buckets=WAIT_BUCKETS, registry=r)
         self.placements = Counter(p + "placements_total", "Sessions placed, by pod ordinal", ["ordinal"], registry=r)
         self.failovers = Counter(p + "failovers_total", "Sessions moved to another pod after theirs was lost, by result", ["result"], registry=r)
+        self.replayed_seconds = Counter(p + "replayed_audio_seconds_total", "Audio replayed to a new pod after failovers", registry=r)
         self.refusals = Counter(p + "refusals_total", "Sessions refused or closed by the router, by reason", ["reason"], registry=r)
         self.relay_latency = Histogram(p + "relay_latency_seconds", "Time an audio frame spends inside the router", buckets=RELAY_BUCKETS, registry=r)
         self.pods_ready = Gauge(p + "pods_ready", "Pods that take new sessions", registry=r)

@@ -217,7 +217,7 @@ class NativeRelay:
     async def _send_token(self) -> None:
         pin = self.state.current_pin()
         self.router.remember(pin)
-        await self._send_client({"type": "token", "resume_token": self.router.tokens.issue(pin)})
+        await self._send_client(p.token(self.router.tokens.issue(pin)))
 
     async def _finish(self, code: int) -> None:
         """The pod ended the session for good: relay its last words and close the same way."""
@@ -262,7 +262,7 @@ class NativeRelay:
             self.pod = None
         exclude = frozenset({old.name}) if old is not None else frozenset()
         try:
-            pod, pod_ws, reply = await self.router.open_leg(
+            pod, pod_ws, reply, _ = await self.router.open_leg(
                 p.encode(p.start_message(state.pin.start())), "failover", exclude=exclude, client=self.client,
                 notify=None, bounded=False)
         except ProtocolError as exc:
@@ -288,10 +288,11 @@ class NativeRelay:
         pin = state.leg_ready(reply["resume_token"])
         self.router.remember(pin)
         self.router.metrics.failovers.labels("moved").inc()
+        self.router.metrics.replayed_seconds.inc(state.tail.seconds)
         log.info("session %s continues on pod %s from frame %d (t=%.2f s, segment %d)", self.session_id, pod.name,
                  state.leg.seq_base, state.leg.time_offset, state.leg.seg_base)
         try:
-            await self._send_client({"type": "token", "resume_token": self.router.tokens.issue(pin)})
+            await self._send_client(p.token(self.router.tokens.issue(pin)))
         except ConnectionClosed:
             pass  # the client reader reports it
         self._wake.set()

@@ -59,7 +59,7 @@ class ReplayTail:
     @property
     def full(self) -> bool:
         """At its bound (one frame always fits, so a big frame cannot stall a session)."""
-        return bool(self.frames) and (self.seconds >= self.max_seconds or self.nbytes >= self.max_bytes)
+        return bool(self.frames) and (self.seconds >= self.max_seconds - 1e-9 or self.nbytes >= self.max_bytes)
 
     def append(self, seq: int, payload: bytes, seconds: float, now: float) -> TailFrame:
         frame = TailFrame(seq, payload, seconds, now)

@@ -152,8 +152,7 @@ class RouterServer:
             return
         self.draining = True
         self.metrics.ready.set(0)
-        for relay in list(self.relays.values()):
-            await relay.shutdown()
+        await asyncio.gather(*(relay.shutdown() for relay in list(self.relays.values())), return_exceptions=True)
         for wl in list(self.whisperlive):
             abort(wl.pod_ws)
         self.pool.stop()
@@ -249,8 +248,8 @@ class RouterServer:
 
     async def open_leg(self, first_message: str, priority: str, *, client: ServerConnection | None,
                        notify: Callable[[int], Awaitable[None]] | None, exclude: frozenset[str] = frozenset(),
-                       bounded: bool = True) -> tuple[PodView, ClientConnection, dict]:
-        """Place a session and open it on the pod: (pod, connection, the pod's first reply).
+                       bounded: bool = True) -> tuple[PodView, ClientConnection, dict, str]:
+        """Place a session and open it on the pod: (pod, connection, the pod's first reply, as sent).
 
         A pod that refuses as full or draining, or cannot be reached, is passed
         over and the session is placed again (bounded tries)."""
@@ -271,13 +270,16 @@ class RouterServer:
                 await pod_ws.send(first_message)
                 raw = await asyncio.wait_for(pod_ws.recv(), self.settings.pod_connect_timeout_seconds)
                 reply = json.loads(raw) if isinstance(raw, str) else {}
+                if not isinstance(reply, dict):
+                    raise ValueError("the pod's first reply is not a JSON object")
             except (ConnectionClosed, asyncio.TimeoutError, ValueError) as exc:
                 last = f"pod {pod.name} did not answer: {exc or type(exc).__name__}"
                 abort(pod_ws)
                 self.pool.lost(pod.name)
                 self.release_pod(pod)
                 continue
-            if reply.get("type") == "error" and reply.get("code") in REFUSED_BY_POD:
+            full = reply.get("type") == "error" and reply.get("code") in REFUSED_BY_POD
+            if full or reply.get("status") == "WAIT":  # WhisperLive's way of saying full
                 last = f"pod {pod.name}: {reply.get('message')}"
                 self.pool.refused(pod.name, reply.get("code") == ErrorCode.DRAINING)
                 abort(pod_ws)
@@ -285,7 +287,7 @@ class RouterServer:
                 continue
             if reply.get("type") == "ready" or reply.get("message") == "SERVER_READY" or "uid" in reply:
                 self.metrics.placements.labels(str(pod.ordinal)).inc()
-            return pod, pod_ws, reply
+            return pod, pod_ws, reply, raw
         raise ProtocolError(ErrorCode.FULL, f"no pod took the session after {tries} tries ({last})",
                             CloseCode.TRY_AGAIN_LATER)
 
@@ -351,9 +353,9 @@ class RouterServer:
         self._limit(principal)
         try:
             async def notify(position: int) -> None:
-                await ws.send(p.encode({"type": "queued", "position": position, "queue_length": len(self.queue)}))
+                await ws.send(p.encode(p.queued(position, len(self.queue))))
 
-            pod, pod_ws, reply = await self.open_leg(p.encode(p.start_message(start)), start.priority,
+            pod, pod_ws, reply, _ = await self.open_leg(p.encode(p.start_message(start)), start.priority,
                                                      client=ws, notify=notify)
             if reply.get("type") != "ready":  # the pod refused the start itself: answer as it did
                 await pod_ws.wait_closed()
@@ -399,6 +401,8 @@ class RouterServer:
                 await pod_ws.send(p.encode(message))
                 raw = await asyncio.wait_for(pod_ws.recv(), self.settings.pod_connect_timeout_seconds)
                 reply = json.loads(raw)
+                if not isinstance(reply, dict):
+                    raise ValueError("the pod's first reply is not a JSON object")
             except (OSError, InvalidHandshake, ConnectionClosed, asyncio.TimeoutError, ValueError) as exc:
                 raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"the pod that held this session cannot be reached: {exc}",
                                     CloseCode.POLICY) from None
@@ -441,8 +445,8 @@ class RouterServer:
                 minutes = round(self.queue.max_wait / 60, 1)
                 await ws.send(json.dumps({"uid": uid, "status": "WAIT", "message": minutes}))
 
-            pod, pod_ws, reply = await self.open_leg(first, "normal", client=ws, notify=notify)
-            await ws.send(json.dumps(reply))
+            pod, pod_ws, _, raw = await self.open_leg(first, "normal", client=ws, notify=notify)
+            await ws.send(raw)  # WhisperLive's answer, as the pod wrote it
             relay = WhisperLiveRelay(self, ws, pod, pod_ws)
             self.whisperlive.add(relay)
             self.metrics.sessions_total.labels("whisperlive", "start").inc()
