@@ -144,7 +144,7 @@ def table(results: dict) -> str:
     native = results["protocol"] == "native"
     label = "mode" if native else "server"
     what = "final" if native else "completed"
-    head = [label, "N", f"p50 {what} (s)", f"p95 {what} (s)", f"max {what} (s)"]
+    head = [label, "N", "segments", f"p50 {what} (s)", f"p95 {what} (s)", f"max {what} (s)"]
     if native:
         head += ["partial gap p95 (s)"]
     head += ["WER mean", "WER worst", "WER over offline", "refused", "failed", "server CPU (cores)", "other CPU (cores)"]
@@ -154,7 +154,8 @@ def table(results: dict) -> str:
     for t in results["targets"]:
         for r in sorted(t["runs"], key=lambda r: r["n"]):
             s, cpu, m = r["summary"], r.get("cpu") or {}, r.get("pod_metrics") or {}
-            row = [t["name"], str(r["n"]), _fmt(s["final_p50"]), _fmt(s["final_p95"]), _fmt(s["final_max"])]
+            row = [t["name"], str(r["n"]), str(s["finals"]), _fmt(s["final_p50"]), _fmt(s["final_p95"]),
+                   _fmt(s["final_max"])]
             if native:
                 row += [_fmt(s["partial_gap_p95"])]
             excess = s.get("wer_excess_mean")
@@ -171,8 +172,8 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
     m = results["machine"]
     start, end = markers(results["protocol"])
     targets = results["targets"]
-    models = sorted({f"{t.get('model', '?')} ({t.get('compute_type', '?')}, {t.get('device', '?')}, "
-                     f"beam {t.get('beam_size', '?')})" for t in targets})
+    models = sorted({f"{t.get('model', '?')} ({t.get('compute_type', '?')}, {t.get('device', '?')})" for t in targets})
+    beams = ", ".join(f"{t['name']} {t.get('beam_size', '?')}" for t in targets)
     servers = "; ".join(f"`{t['name']}`: {t.get('server', '?')}, `{t.get('command', '?')}`" for t in targets)
     git = results.get("git", {})
     noisy = [f"{t['name']} N={r['n']} ({r['cpu']['other_cores']:.2f})" for t in targets for r in t["runs"]
@@ -184,11 +185,12 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
         f"### {_title(results)}",
         "",
         f"- Machine: {m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB memory, Linux {m['kernel']}, Python {m['python']}",
-        f"- Model: {', '.join(models)}",
+        f"- Model: {', '.join(models)}; beam width: {beams}",
         f"- Date: {results['date']}; git {git.get('commit', '?')[:12]}{' (with local changes)' if git.get('dirty') else ''}",
         f"- Load: N concurrent real-time streams of espeak-ng speech (tests/speech.py), each a different text and "
         f"voice, >= {c['seconds_per_stream']:g} s per stream, starts {c['stagger_seconds']:g} s apart; "
-        f"hard cap {c['cap_factor']:g}x the audio per N",
+        f"hard cap {c['cap_factor']:g}x the audio per N"
+        + (f"; `END_OF_AUDIO` after {c['linger_seconds']:g} s without new text" if c.get("linger_seconds") else ""),
         f"- Servers: {servers}",
         f"- Command: `{results['command']}`, then `{plot_command}`",
         f"- Raw results: `{_rel(results_path)}` (git-ignored; keep it with the figure if you publish one)",

@@ -111,15 +111,24 @@ class Server:
             return None
 
     def wait_idle(self, timeout: float) -> bool:
-        """A pod with no session open and nothing queued (a cut-off session may linger for its resume grace)."""
-        if self.kind != "pod":
-            return True
+        """Nothing left to do: a pod with no session open and nothing queued (a cut-off session may
+        linger for its resume grace); a WhisperLive server using under 0.1 core for a whole second."""
+        import meter
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.alive():
-            s = self.status()
-            if s and s["active_sessions"] == 0 and s["queue_length"] == 0:
-                return True
-            time.sleep(0.5)
+            if self.kind == "pod":
+                s = self.status()
+                if s and s["active_sessions"] == 0 and s["queue_length"] == 0:
+                    return True
+                time.sleep(0.5)
+            else:
+                before = meter.cpu_sample(self.pid)
+                time.sleep(1.0)
+                if not self.alive():
+                    return False
+                if meter.cpu_cores(before, meter.cpu_sample(self.pid))["server_cores"] < 0.1:
+                    return True
         return False
 
 
