@@ -5,6 +5,7 @@
     voxfleet demo                         voxfleet up, transcribe the bundled sample, stop
     voxfleet router --pods ws://...       run a router in front of pods
     voxfleet up [--port 8765] [--pods 2]  run a router and local pods until Ctrl-C
+    voxfleet operator [run|crd] ...       the Kubernetes operator
 """
 
 from __future__ import annotations
@@ -126,6 +127,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                   example=bundled_sample())
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    from stt_operator.main import main as operator_main
+
+    return operator_main(args.operator_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stt_pod.settings import ENV_PREFIX, PodSettings
     from stt_router.settings import ENV_PREFIX as ROUTER_ENV_PREFIX
@@ -146,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--language", default="en")
     tr.add_argument("--priority", default="normal", choices=("high", "normal", "low"))
     tr.set_defaults(func=cmd_transcribe)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator (`voxfleet operator crd` prints the CRD)",
+                        add_help=False)
+    op.add_argument("operator_args", nargs=argparse.REMAINDER)
+    op.set_defaults(func=cmd_operator)
 
     demo = sub.add_parser("demo", help="voxfleet up, transcribe the bundled sample through it, stop")
     demo.add_argument("--port", type=int, default=8765, help="the router's port")

@@ -46,11 +46,17 @@ def reconcile(body: Any, patch: Any, announce: bool) -> None:
     pool = manifests.PoolRef.from_body(body)
     generation = int(body["metadata"].get("generation") or 0)
     old_conditions = (body.get("status") or {}).get("conditions")
+
+    def warn_once(reason: str, message: str) -> None:
+        # A failure that persists is reported once, not on every resync.
+        if not statusmod.already_reported(old_conditions, statusmod.DEGRADED, message):
+            kopf.warn(body, reason=reason, message=message)
+
     try:
         spec = specmod.parse(body.get("spec") or {})
     except specmod.SpecError as exc:
         patch.status.update(statusmod.invalid_spec_status(generation, str(exc), old_conditions, _now()))
-        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+        warn_once("InvalidSpec", str(exc))
         raise kopf.PermanentError(str(exc)) from None
 
     api = _api()
@@ -65,17 +71,18 @@ def reconcile(body: Any, patch: Any, announce: bool) -> None:
                 live_sts = live
         for api_version, kind, name in manifests.obsolete_objects(pool, spec):
             if api.delete(api_version, kind, name, pool.namespace, pool.uid):
-                kopf.info(body, reason="Deleted", message=f"{kind} {name} is no longer needed")
+                kopf.event(body, type="Normal", reason="Deleted", message=f"{kind} {name} is no longer needed")
     except Exception as exc:  # the API said no: report, then let kopf retry
-        error = f"{type(exc).__name__}: {getattr(exc, 'summary', lambda: str(exc))()}"[:1000]
+        detail = exc.summary() if callable(getattr(exc, "summary", None)) else str(exc)
+        error = f"{type(exc).__name__}: {detail}"[:1000]
     router = api.get("apps/v1", "Deployment", pool.router, pool.namespace)
     patch.status.update(statusmod.pool_status(pool, spec, generation, desired, live_sts, router,
                                               old_conditions, _now(), error))
     if error:
-        kopf.warn(body, reason="ReconcileFailed", message=error)
+        warn_once("ReconcileFailed", error)
         raise kopf.TemporaryError(error, delay=_settings.retry_seconds)
     if announce:
-        kopf.info(body, reason="Reconciled",
+        kopf.event(body, type="Normal", reason="Reconciled",
                   message=f"applied StatefulSet {pool.statefulset} ({desired} pods, model {spec.model.name}), "
                           f"router {pool.router}")
 
@@ -111,7 +118,9 @@ def operator_configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=prefix, key="last-handled-configuration")
-    settings.posting.level = logging.WARNING  # events: only ours, and kopf's warnings/errors
+    # Events: ours (kopf.event, always posted) and kopf's warnings and errors, not
+    # every INFO line (a resync every few seconds would flood the pool's events).
+    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 8
 
@@ -121,6 +130,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     global _settings
     _settings = settings
     kopf.on.startup(registry=registry)(operator_configure)
+    # An explicit registry has no default login: log in as kubectl would (in-cluster
+    # service account, else $KUBECONFIG), through the kubernetes client.
+    kopf.on.login(registry=registry)(kopf.login_via_client)
     kopf.on.create(*RESOURCE, registry=registry)(sttpool_create)
     kopf.on.update(*RESOURCE, field="spec", registry=registry)(sttpool_update)
     kopf.on.resume(*RESOURCE, registry=registry)(sttpool_resume)

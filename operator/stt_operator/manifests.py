@@ -25,6 +25,10 @@ ROUTER_COMPONENT = "router"
 DRAIN_MARGIN_SECONDS = 30
 GPU_RESOURCE = "nvidia.com/gpu"
 API_KEYS_MOUNT = "/etc/voxfleet/api-keys"
+ROUTER_ENV_PREFIX = "VOXFLEET_ROUTER_"
+# Shipped with the operator's RBAC (operator/deploy/rbac.yaml, later the Helm chart):
+# get/list/watch endpointslices; each pool binds its router to it in its namespace.
+ROUTER_CLUSTER_ROLE = "voxfleet-router"
 ROUTER_SERVICE_PORT = 80
 
 
@@ -253,23 +257,49 @@ def pod_disruption_budget(pool: PoolRef, spec: SttPoolSpec) -> dict[str, Any]:
 
 
 def router_env(pool: PoolRef, spec: SttPoolSpec) -> list[dict[str, Any]]:
-    """The router's VOXFLEET_ROUTER_* variables: where its pods are and how to place."""
-    p = "VOXFLEET_ROUTER_"
+    """The router's VOXFLEET_ROUTER_* variables (stt_router.settings.RouterSettings):
+    it finds the pool's pods through the EndpointSlices of the headless Service."""
+    p = ROUTER_ENV_PREFIX
     env: list[dict[str, Any]] = [
         _field_env(f"{p}HOST", "status.podIP"),
         {"name": f"{p}PORT", "value": str(spec.router.port)},
+        _field_env(f"{p}ROUTER_ID", "metadata.name"),
+        {"name": f"{p}DISCOVER", "value": "kubernetes"},
         _field_env(f"{p}NAMESPACE", "metadata.namespace"),
-        {"name": f"{p}POD_SERVICE", "value": pool.headless_service},
-        {"name": f"{p}POD_SELECTOR", "value": selector_string(pool)},
+        {"name": f"{p}SERVICE_NAME", "value": pool.headless_service},
         {"name": f"{p}POD_PORT", "value": str(spec.port)},
         {"name": f"{p}PLACEMENT", "value": spec.router.placement},
-        {"name": f"{p}SESSIONS_PER_POD", "value": str(spec.sessions_per_pod)},
+        {"name": f"{p}DRAIN_TIMEOUT_SECONDS", "value": str(spec.drain_timeout_seconds)},
     ]
-    if spec.session_token_secret.name:
-        env.append(_secret_env(f"{p}TOKEN_SECRET", spec.session_token_secret.name, spec.session_token_secret.key))
     if spec.router.api_key_secret:
-        env.append({"name": f"{p}API_KEYS_DIR", "value": API_KEYS_MOUNT})
+        env.append({"name": f"{p}API_KEYS", "value": API_KEYS_MOUNT})
+    else:
+        env.append({"name": f"{p}ANONYMOUS", "value": "true"})
+    if spec.session_token_secret.name:
+        env.append(_secret_env(f"{p}TOKEN_SECRETS", spec.session_token_secret.name, spec.session_token_secret.key))
     return env
+
+
+def router_service_account(pool: PoolRef) -> dict[str, Any]:
+    """The router's identity: it watches EndpointSlices, nothing else."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(pool, pool.router, ROUTER_COMPONENT),
+    }
+
+
+def router_role_binding(pool: PoolRef) -> dict[str, Any]:
+    """Grants the router's ServiceAccount the shared ClusterRole (get/list/watch
+    endpointslices), in the pool's namespace only. The operator may create it
+    because it holds `bind` on exactly that ClusterRole (operator/deploy/rbac.yaml)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(pool, pool.router, ROUTER_COMPONENT),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ROUTER_CLUSTER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": pool.router, "namespace": pool.namespace}],
+    }
 
 
 def router_deployment(pool: PoolRef, spec: SttPoolSpec) -> dict[str, Any]:
@@ -291,6 +321,7 @@ def router_deployment(pool: PoolRef, spec: SttPoolSpec) -> dict[str, Any]:
         # it still gets the drain time to finish what it relays.
         "terminationGracePeriodSeconds": spec.drain_timeout_seconds + DRAIN_MARGIN_SECONDS,
         "enableServiceLinks": False,
+        "serviceAccountName": pool.router,
         "containers": [container],
     }
     if spec.router.api_key_secret:
@@ -370,6 +401,8 @@ def owned_objects(pool: PoolRef, spec: SttPoolSpec, replicas: int) -> list[dict[
         headless_service(pool, spec),
         statefulset(pool, spec, replicas),
         pod_disruption_budget(pool, spec),
+        router_service_account(pool),
+        router_role_binding(pool),
         router_service(pool, spec),
         router_deployment(pool, spec),
     ]

@@ -54,6 +54,12 @@ def merge_conditions(old: Sequence[Mapping[str, Any]] | None,
     return sorted(merged.values(), key=lambda c: (order.get(c["type"], len(order)), c["type"]))
 
 
+def already_reported(conditions: Sequence[Mapping[str, Any]] | None, kind: str, message: str) -> bool:
+    """True if condition `kind` is already True with this very message."""
+    return any(c.get("type") == kind and c.get("status") == "True" and c.get("message") == message
+               for c in conditions or ())
+
+
 def _int(obj: Mapping[str, Any] | None, *path: str) -> int:
     for key in path:
         if not isinstance(obj, Mapping):
@@ -103,7 +109,11 @@ def pool_status(pool: PoolRef, spec: SttPoolSpec, generation: int, desired: int,
 
     if statefulset is None:
         conds.append(condition(SCALING, True, "Creating", f"creating {desired} STT pods", now, generation))
-    elif sts_observed < sts_generation or updated < replicas:
+    elif sts_observed < sts_generation:
+        conds.append(condition(SCALING, True, "Progressing",
+                               f"the StatefulSet controller has not seen generation {sts_generation} yet", now,
+                               generation))
+    elif updated < replicas:
         conds.append(condition(SCALING, True, "RollingUpdate",
                                f"{updated} of {replicas} STT pods run the current template", now, generation))
     elif replicas < desired:

@@ -1,5 +1,6 @@
 """A real Kubernetes control plane on loopback, for e2e tests: etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler and kwok (fake nodes), from binaries that
+kube-controller-manager, kube-scheduler and kwok (fake nodes: kwok-node-0..2, and
+kwok-gpu-0 with 2 nvidia.com/gpu and the usual GPU taint), from binaries that
 scripts/k8s/build.sh built from their Go modules.
 
 Why it exists: the operator must be tested against the API server that users run
@@ -30,6 +31,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_CIDR = "127.1.0.0/16"
@@ -37,6 +39,7 @@ SERVICE_FIRST_IP = "127.1.0.1"
 POD_CIDR = "127.2.0.0/16"
 NODE_IP = "127.0.0.2"
 LOOPBACK = "127.0.0.1"
+GPU_NODE = "kwok-gpu-0"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 CONTROLLERS = ",".join([
     "garbage-collector-controller", "statefulset-controller", "deployment-controller", "replicaset-controller",
@@ -47,6 +50,25 @@ CONTROLLERS = ",".join([
 
 class ClusterError(RuntimeError):
     pass
+
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.5, what: str = "") -> T:
+    """Call `check` until it returns something truthy (returned) or raises no AssertionError."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (AssertionError, ClusterError, KeyError, TypeError) as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout:g} s: {what or check}; last error: {last!r}")
+        time.sleep(interval)
 
 
 def find_binaries() -> Path:
@@ -205,6 +227,9 @@ class LocalCluster:
             # loopback address, which Endpoints validation refuses: do not write them.
             "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false",
+            # New nodes would get the not-ready taint, which only the node lifecycle
+            # controller (not run: kwok keeps no kubelet heartbeats) would remove.
+            "--disable-admission-plugins=TaintNodesByCondition",
             "--profiling=false", "--v=1",
         ])
         self._wait("kube-apiserver", lambda: self._https_ok(f"{self.server}/readyz"), 90)
@@ -225,6 +250,7 @@ class LocalCluster:
         ])
         for i in range(self.nodes):
             self.kubectl("apply", "-f", "-", input=json.dumps(self.fake_node(f"kwok-node-{i}")))
+        self.kubectl("apply", "-f", "-", input=json.dumps(self.fake_node(GPU_NODE, gpus=2)))
         self._wait("kwok nodes", self._nodes_ready, 60)
         self._wait("default service account", lambda: self.kubectl(
             "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0, 60)
@@ -232,21 +258,28 @@ class LocalCluster:
         return self
 
     @staticmethod
-    def fake_node(name: str) -> dict:
-        return {
+    def fake_node(name: str, gpus: int = 0) -> dict:
+        """A kwok node; with gpus, it offers nvidia.com/gpu and is tainted as GPU nodes usually are."""
+        resources = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+        node = {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
                          "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                     "kubernetes.io/arch": "amd64", "type": "kwok"}},
-            "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-                       "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}},
+            "spec": {},
+            "status": {"allocatable": resources, "capacity": resources},
         }
+        if gpus:
+            resources["nvidia.com/gpu"] = str(gpus)
+            node["metadata"]["labels"]["voxfleet.test/gpu"] = "true"
+            node["spec"]["taints"] = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+        return node
 
     def _nodes_ready(self) -> bool:
         nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
         ready = [n for n in nodes for c in n.get("status", {}).get("conditions", [])
                  if c["type"] == "Ready" and c["status"] == "True"]
-        return len(ready) == self.nodes
+        return len(ready) == self.nodes + 1
 
     def stop(self) -> None:
         for name in reversed(list(self.processes)):

@@ -5,23 +5,23 @@ Needs the binaries from `bash scripts/k8s/build.sh` (found through
 $VOXFLEET_K8S_BIN or the build cache). Missing binaries are an error, not a skip:
 the only way to skip this tier is to say so, VOXFLEET_E2E=0. Run it alone with
 `pytest -m e2e` (or `pytest tests/e2e`). Logs of every component and of the
-operator stay in the session's work directory, printed at the start.
+operator are in a work directory printed at the start, removed after a green
+run and kept after a failure (or always with VOXFLEET_E2E_KEEP=1).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import pytest
 
-from tests.e2e.cluster import REPO, ClusterError, LocalCluster, find_binaries
+from tests.e2e.cluster import REPO, ClusterError, LocalCluster, eventually, find_binaries
 
-T = TypeVar("T")
 DEPLOY = REPO / "operator" / "deploy"
 OPERATOR_NAMESPACE = "voxfleet-system"
 OPERATOR_ACCOUNT = "voxfleet-operator"
@@ -30,6 +30,14 @@ OPERATOR_ACCOUNT = "voxfleet-operator"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: real local Kubernetes control plane (etcd, apiserver, kwok); "
                                        "VOXFLEET_E2E=0 skips")
+
+
+_kept_logs: list[Path] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for logs in _kept_logs:
+        terminalreporter.write_line(f"e2e: logs of etcd, kube-*, kwok and the operator kept in {logs}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -42,39 +50,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="e2e tier disabled by VOXFLEET_E2E=0"))
 
 
-def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.5, what: str = "") -> T:
-    """Call `check` until it returns something truthy (returned) or raises no AssertionError."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (AssertionError, ClusterError, KeyError, TypeError) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout:g} s: {what or check}; last error: {last!r}")
-        time.sleep(interval)
-
-
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
+def cluster(request: pytest.FixtureRequest):
     try:
         bin_dir = find_binaries()
     except ClusterError as exc:
         pytest.fail(str(exc), pytrace=False)
-    workdir = tmp_path_factory.mktemp("k8s")
+    # Not under pytest's basetemp: other pytest runs on the machine prune that.
+    workdir = Path(tempfile.mkdtemp(prefix="voxfleet-e2e-"))
     print(f"\ne2e cluster work directory (logs): {workdir}", file=sys.stderr)
     c = LocalCluster(bin_dir, workdir)
     try:
         c.start()
     except Exception as exc:
         c.stop()
-        pytest.fail(f"local cluster did not start: {exc}\nlogs in {c.logs}", pytrace=False)
+        pytest.fail(f"local cluster did not start: {exc}\nlogs kept in {c.logs}", pytrace=False)
     print(f"e2e cluster up in {c.startup_seconds:.1f} s at {c.server}", file=sys.stderr)
     yield c
     c.stop()
+    if request.session.testsfailed or os.environ.get("VOXFLEET_E2E_KEEP"):
+        _kept_logs.append(c.logs)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

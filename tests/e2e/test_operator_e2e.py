@@ -13,7 +13,7 @@ import pytest
 from stt_operator import manifests
 from stt_operator.manifests import PoolRef
 from stt_operator.spec import parse
-from tests.e2e.conftest import eventually
+from tests.e2e.cluster import eventually
 
 LOOPBACK_NET = ipaddress.ip_network("127.0.0.0/8")
 
@@ -29,13 +29,30 @@ def apply(cluster, obj: dict, check: bool = True):
 
 
 def condition(pool: dict, kind: str) -> dict:
-    return next(c for c in pool.get("status", {}).get("conditions", []) if c["type"] == kind)
+    for c in (pool.get("status") or {}).get("conditions", []):
+        if c["type"] == kind:
+            return c
+    raise AssertionError(f"no {kind} condition yet: {pool.get('status')}")
 
 
-def owned_names(pool: str) -> dict[str, str]:
-    ref = PoolRef(pool, "", "")
-    return {"statefulset": ref.statefulset, "service": ref.headless_service, "poddisruptionbudget": ref.pdb,
-            "deployment": ref.router, "service/router": ref.router}
+def pool_router_sa(cluster, namespace: str) -> str:
+    dep = cluster.get_json("deployment", "en-router", "-n", namespace)
+    return dep["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+def assert_subset(want, live, path="$"):
+    """Everything in `want` is in `live` (which may have more: server-side defaults)."""
+    if isinstance(want, dict):
+        assert isinstance(live, dict), f"{path}: {live!r} is not an object"
+        for key, value in want.items():
+            assert key in live, f"{path}.{key} missing"
+            assert_subset(value, live[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(live, list) and len(live) == len(want), f"{path}: {live!r} != {want!r}"
+        for i, (w, v) in enumerate(zip(want, live)):
+            assert_subset(w, v, f"{path}[{i}]")
+    else:
+        assert want == live, f"{path}: {live!r} != {want!r}"
 
 
 # ------------------------------------------------------------------ the CRD
@@ -93,7 +110,8 @@ def test_pool_gets_owned_objects_pods_and_status(cluster, operator_process, name
     uid = pool["metadata"]["uid"]
 
     for kind, name in [("statefulset", "en-stt"), ("service", "en-stt"), ("poddisruptionbudget", "en-stt"),
-                       ("deployment", "en-router"), ("service", "en-router")]:
+                       ("deployment", "en-router"), ("service", "en-router"), ("serviceaccount", "en-router"),
+                       ("rolebinding", "en-router")]:
         obj = cluster.get_json(kind, name, "-n", namespace)
         owners = obj["metadata"]["ownerReferences"]
         assert owners == [{"apiVersion": "voxfleet.io/v1alpha1", "kind": "SttPool", "name": "en", "uid": uid,
@@ -106,17 +124,10 @@ def test_pool_gets_owned_objects_pods_and_status(cluster, operator_process, name
     expected = manifests.statefulset(PoolRef("en", namespace, uid), parse(pool["spec"]), 2)
     assert sts["spec"]["replicas"] == 2
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
-    live_pod, want_pod = sts["spec"]["template"]["spec"], expected["spec"]["template"]["spec"]
-    assert live_pod["terminationGracePeriodSeconds"] == 90
-    for key in ("env", "command", "ports", "readinessProbe", "livenessProbe", "startupProbe", "image"):
-        live, want = live_pod["containers"][0][key], want_pod["containers"][0][key]
-        if isinstance(want, dict):  # the API server adds defaults (scheme, successThreshold, ...)
-            assert {k: live[k] for k in want} == want, key
-        elif key == "ports":
-            assert [{k: p[k] for k in w} for p, w in zip(live, want)] == want
-        else:
-            assert live == want, key
-    assert live_pod["affinity"] == want_pod["affinity"]
+    # The API server adds defaults (fieldRef.apiVersion, probe scheme, ...): what the
+    # builder asked for must all be there, unchanged.
+    assert_subset(expected["spec"], sts["spec"])
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
 
     # kwok's fake kubelet runs the pods: scheduled onto fake nodes, with loopback IPs.
     def pods_running():
@@ -129,6 +140,15 @@ def test_pool_gets_owned_objects_pods_and_status(cluster, operator_process, name
     for p in pods:
         assert ipaddress.ip_address(p["status"]["podIP"]) in LOOPBACK_NET
         assert p["spec"]["nodeName"].startswith("kwok-node-")
+    # The router may watch EndpointSlices in its own namespace, and nothing more.
+    router_sa = f"--as=system:serviceaccount:{namespace}:en-router"
+    assert cluster.kubectl("auth", "can-i", "watch", "endpointslices.discovery.k8s.io", "-n", namespace,
+                           router_sa).stdout.strip() == "yes"
+    for verb, resource, ns in [("watch", "endpointslices.discovery.k8s.io", "default"), ("list", "pods", namespace),
+                               ("get", "secrets", namespace), ("patch", "endpointslices.discovery.k8s.io", namespace)]:
+        assert cluster.kubectl("auth", "can-i", verb, resource, "-n", ns, router_sa,
+                               check=False).stdout.strip() == "no", (verb, resource, ns)
+    assert router_sa.split(":")[-1] == pool_router_sa(cluster, namespace)
     svc = cluster.get_json("service", "en-router", "-n", namespace)
     assert ipaddress.ip_address(svc["spec"]["clusterIP"]) in LOOPBACK_NET
 
@@ -168,9 +188,14 @@ def test_spec_change_rolls_out_a_new_template(cluster, operator_process, namespa
         assert st.get("currentRevision") == st.get("updateRevision") and st.get("readyReplicas") == 2, st
         return True
     eventually(rolled, 90, what="rolling update done")
-    pool = wait_pool_ready(cluster, namespace, "roll")
-    assert condition(pool, "Scaling")["status"] == "False"
-    assert pool["status"]["observedGeneration"] == pool["metadata"]["generation"]
+
+    def settled():
+        pool = cluster.get_json("sttpool", "roll", "-n", namespace)
+        assert condition(pool, "Scaling")["status"] == "False", pool["status"]
+        assert condition(pool, "Ready")["status"] == "True", pool["status"]
+        assert pool["status"]["observedGeneration"] == pool["metadata"]["generation"]
+        return True
+    eventually(settled, 30, what="status: Ready, not Scaling")
 
 
 def test_ingress_follows_the_spec(cluster, operator_process, namespace):
@@ -222,7 +247,7 @@ def test_restart_and_resync_change_nothing_and_keep_manual_changes(cluster, oper
     operator_process.restart()
     time.sleep(8)  # resume handlers and resyncs have run
     assert operator_process.alive(), operator_process.tail()
-    assert "calm" in operator_process.log.read_text()
+    assert operator_process.log.read_text().count("Handler 'sttpool_resume' succeeded") >= 1
     sts = cluster.get_json("statefulset", "calm-stt", "-n", namespace)
     assert versions()["deployment"] == settled["deployment"]
     assert versions()["service"] == settled["service"]
@@ -238,8 +263,45 @@ def test_deleting_the_pool_removes_everything(cluster, operator_process, namespa
     cluster.kubectl("delete", "sttpool", "gone", "-n", namespace, "--wait=true", "--timeout=30s")
 
     def all_gone():
-        for kind in ("statefulsets", "deployments", "services", "poddisruptionbudgets", "ingresses", "pods"):
+        for kind in ("statefulsets", "deployments", "services", "poddisruptionbudgets", "ingresses", "pods",
+                     "serviceaccounts", "rolebindings"):
             items = cluster.get_json(kind, "-n", namespace, "-l", "app.kubernetes.io/instance=gone")["items"]
             assert not items, f"{kind} left: {[i['metadata']['name'] for i in items]}"
         return True
     eventually(all_gone, 90, what="owned objects garbage-collected")
+
+
+def _pods(cluster, namespace: str, pool: str) -> list[dict]:
+    return cluster.get_json("pods", "-n", namespace, "-l",
+                            f"app.kubernetes.io/instance={pool},app.kubernetes.io/component=stt-pod")["items"]
+
+
+def test_required_anti_affinity_spreads_pods_over_nodes(cluster, operator_process, namespace):
+    apply(cluster, pool_manifest("spread", namespace, minReplicas=3, maxReplicas=3, antiAffinity="required"))
+    wait_pool_ready(cluster, namespace, "spread")
+    nodes = [p["spec"]["nodeName"] for p in _pods(cluster, namespace, "spread")]
+    assert sorted(nodes) == ["kwok-node-0", "kwok-node-1", "kwok-node-2"]
+
+
+def test_gpu_pool_lands_on_the_gpu_node_and_cpu_pools_do_not(cluster, operator_process, namespace):
+    apply(cluster, pool_manifest("gpu", namespace, minReplicas=2, maxReplicas=3, antiAffinity="none",
+                                 model={"device": "cuda", "computeType": "float16"}, resources={"gpus": 1}))
+    wait_pool_ready(cluster, namespace, "gpu")
+    pods = _pods(cluster, namespace, "gpu")
+    assert [p["spec"]["nodeName"] for p in pods] == ["kwok-gpu-0", "kwok-gpu-0"]
+    assert pods[0]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # A third GPU pod does not fit (the node has 2): the request is real.
+    cluster.kubectl("scale", "statefulset", "gpu-stt", "-n", namespace, "--replicas=3")
+
+    def third_pending():
+        pods = _pods(cluster, namespace, "gpu")
+        pending = [p for p in pods if p["status"].get("phase") == "Pending"]
+        assert len(pods) == 3 and len(pending) == 1, [p["status"].get("phase") for p in pods]
+        events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                                 f"involvedObject.name={pending[0]['metadata']['name']}").stdout
+        assert "Insufficient nvidia.com/gpu" in events, events
+        return True
+    eventually(third_pending, 30, what="third GPU pod unschedulable")
+    for other in ("en", "spread", "calm", "roll"):
+        for p in cluster.get_json("pods", "-A", "-l", f"app.kubernetes.io/instance={other}")["items"]:
+            assert p["spec"].get("nodeName") != "kwok-gpu-0"

@@ -150,6 +150,7 @@ def test_router_deployment_and_service():
                 "spec": {
                     "terminationGracePeriodSeconds": 330,
                     "enableServiceLinks": False,
+                    "serviceAccountName": "en-router",
                     "containers": [{
                         "name": "router", "image": "voxfleet:2", "imagePullPolicy": "IfNotPresent",
                         "command": ["voxfleet", "router"],
@@ -157,17 +158,18 @@ def test_router_deployment_and_service():
                         "env": [
                             {"name": "VOXFLEET_ROUTER_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                             {"name": "VOXFLEET_ROUTER_PORT", "value": "8080"},
+                            {"name": "VOXFLEET_ROUTER_ROUTER_ID",
+                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "VOXFLEET_ROUTER_DISCOVER", "value": "kubernetes"},
                             {"name": "VOXFLEET_ROUTER_NAMESPACE",
                              "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                            {"name": "VOXFLEET_ROUTER_POD_SERVICE", "value": "en-stt"},
-                            {"name": "VOXFLEET_ROUTER_POD_SELECTOR", "value": "app.kubernetes.io/name=voxfleet,"
-                             "app.kubernetes.io/instance=en,app.kubernetes.io/component=stt-pod"},
+                            {"name": "VOXFLEET_ROUTER_SERVICE_NAME", "value": "en-stt"},
                             {"name": "VOXFLEET_ROUTER_POD_PORT", "value": "8765"},
                             {"name": "VOXFLEET_ROUTER_PLACEMENT", "value": "spread"},
-                            {"name": "VOXFLEET_ROUTER_SESSIONS_PER_POD", "value": "8"},
-                            {"name": "VOXFLEET_ROUTER_TOKEN_SECRET",
+                            {"name": "VOXFLEET_ROUTER_DRAIN_TIMEOUT_SECONDS", "value": "300"},
+                            {"name": "VOXFLEET_ROUTER_API_KEYS", "value": "/etc/voxfleet/api-keys"},
+                            {"name": "VOXFLEET_ROUTER_TOKEN_SECRETS",
                              "valueFrom": {"secretKeyRef": {"name": "tok", "key": "hmac"}}},
-                            {"name": "VOXFLEET_ROUTER_API_KEYS_DIR", "value": "/etc/voxfleet/api-keys"},
                         ],
                         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "256Mi"}},
                         "livenessProbe": probe("/healthz", 10, 5, 3),
@@ -219,7 +221,8 @@ def test_ingress_is_websocket_friendly():
 def test_owned_objects_and_obsolete_ingress():
     plain = parse({"image": "i"})
     kinds = [o["kind"] for o in manifests.owned_objects(POOL, plain, 1)]
-    assert kinds == ["Service", "StatefulSet", "PodDisruptionBudget", "Service", "Deployment"]
+    assert kinds == ["Service", "StatefulSet", "PodDisruptionBudget", "ServiceAccount", "RoleBinding", "Service",
+                     "Deployment"]
     assert manifests.obsolete_objects(POOL, plain) == [("networking.k8s.io/v1", "Ingress", "en")]
     with_ingress = parse({"image": "i", "router": {"ingress": {"enabled": True, "host": "h"}}})
     assert [o["kind"] for o in manifests.owned_objects(POOL, with_ingress, 1)][-1] == "Ingress"
@@ -240,3 +243,35 @@ def test_model_or_image_change_changes_the_pod_template(change):
     before = manifests.statefulset(POOL, parse({"image": "voxfleet:1"}), 2)["spec"]["template"]
     after = manifests.statefulset(POOL, parse({"image": "voxfleet:1", **change}), 2)["spec"]["template"]
     assert before != after
+
+
+def test_router_identity_and_its_only_permission():
+    assert manifests.router_service_account(POOL) == {
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "en-router", "namespace": "speech", "labels": ROUTER_LABELS, "ownerReferences": [OWNER]},
+    }
+    assert manifests.router_role_binding(POOL) == {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "en-router", "namespace": "speech", "labels": ROUTER_LABELS, "ownerReferences": [OWNER]},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "voxfleet-router"},
+        "subjects": [{"kind": "ServiceAccount", "name": "en-router", "namespace": "speech"}],
+    }
+
+
+@pytest.mark.parametrize("router", [{}, {"apiKeySecret": "keys", "placement": "spread"}])
+def test_router_env_is_a_valid_router_configuration(router):
+    """The router is configured only through RouterSettings' own variables, and they make a router that starts."""
+    from stt_router.settings import ENV_PREFIX, RouterSettings
+    from voxfleet import settings as settings_mod
+
+    spec = parse({"image": "i", "router": router, "sessionTokenSecret": {"name": "tok"}})
+    env = manifests.router_deployment(POOL, spec)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert manifests.ROUTER_ENV_PREFIX == ENV_PREFIX
+    sample = {"status.podIP": "127.2.0.9", "metadata.name": "en-router-abc", "metadata.namespace": "speech"}
+    environ = {e["name"]: e["value"] if "value" in e else sample.get(
+        e["valueFrom"].get("fieldRef", {}).get("fieldPath"), "s3cret") for e in env}
+    settings = settings_mod.load(RouterSettings, ENV_PREFIX, environ=environ)
+    settings.validate()
+    assert (settings.discover, settings.service_name, settings.pod_port) == ("kubernetes", "en-stt", 8765)
+    assert settings.host == "127.2.0.9" and settings.secrets() == ["s3cret"]
+    assert settings.anonymous is (not router.get("apiKeySecret"))

@@ -51,7 +51,7 @@ def test_scaling_and_rollout():
     assert conds(st.pool_status(POOL, SPEC, 1, 2, sts(updated=1), router(), None, T0))["Scaling"] == \
         ("True", "RollingUpdate")
     assert conds(st.pool_status(POOL, SPEC, 1, 2, sts(generation=2), router(), None, T0))["Scaling"] == \
-        ("True", "RollingUpdate")
+        ("True", "Progressing")
 
 
 def test_errors_degrade_and_metrics_modes():
