@@ -127,10 +127,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                   example=bundled_sample())
 
 
-def cmd_operator(args: argparse.Namespace) -> int:
+def cmd_operator(argv: list[str]) -> int:
+    """The operator keeps its own flags; everything after `operator` is passed on."""
     from stt_operator.main import main as operator_main
 
-    return operator_main(args.operator_args)
+    return operator_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,10 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--priority", default="normal", choices=("high", "normal", "low"))
     tr.set_defaults(func=cmd_transcribe)
 
-    op = sub.add_parser("operator", help="run the Kubernetes operator (`voxfleet operator crd` prints the CRD)",
-                        add_help=False)
-    op.add_argument("operator_args", nargs=argparse.REMAINDER)
-    op.set_defaults(func=cmd_operator)
+    sub.add_parser("operator", help="run the Kubernetes operator (`voxfleet operator crd` prints the CRD)")
 
     demo = sub.add_parser("demo", help="voxfleet up, transcribe the bundled sample through it, stop")
     demo.add_argument("--port", type=int, default=8765, help="the router's port")
@@ -179,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["operator"]:
+        return cmd_operator(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
