@@ -94,8 +94,8 @@ class SessionStream:
             max_chunks=int(config.max_window / chunk_seconds),
         )
         self._pad = int(config.speech_pad * SR)
-        self._buffer = np.zeros(0, dtype=np.float32)
-        self._buffer_start = 0  # session sample index of _buffer[0]
+        self._chunks: deque[np.ndarray] = deque()  # the held audio, as it arrived (no copying per frame)
+        self._buffer_start = 0  # session sample index of the first held sample
         self.total = 0  # samples received
         self.committed = 0  # audio before this sample is final (or was silence)
         self._closed: deque[tuple[int, int, int]] = deque()  # (start, end, speech end) awaiting a final job
@@ -114,7 +114,7 @@ class SessionStream:
     def feed(self, samples: np.ndarray, now: float) -> None:
         if self.finished or not len(samples):
             return
-        self._buffer = np.concatenate([self._buffer, samples])
+        self._chunks.append(samples)
         self.total += len(samples)
         self._arrival_samples.append(self.total)
         self._arrival_times.append(now)
@@ -178,8 +178,14 @@ class SessionStream:
 
     def _job(self, kind: str, start: int, end: int, speech_end: int | None = None) -> Job:
         start = max(start, self._buffer_start)
-        lo, hi = start - self._buffer_start, end - self._buffer_start
-        return Job(kind, start, end, self._buffer[lo:hi].copy(), end if speech_end is None else speech_end)
+        return Job(kind, start, end, self._audio(start, end), end if speech_end is None else speech_end)
+
+    def _audio(self, start: int, end: int) -> np.ndarray:
+        """A copy of held samples [start, end)."""
+        if len(self._chunks) > 1:
+            self._chunks = deque([np.concatenate(self._chunks)])  # joined once, when a job needs it
+        held = self._chunks[0] if self._chunks else np.zeros(0, dtype=np.float32)
+        return held[start - self._buffer_start : end - self._buffer_start].copy()
 
     def _trim(self) -> None:
         """Drop audio that no future job can need."""
@@ -190,7 +196,12 @@ class SessionStream:
             keep = min(keep, self.segmenter.start * CHUNK - self._pad)
         keep = max(keep, self._buffer_start)
         if keep > self._buffer_start:
-            self._buffer = self._buffer[keep - self._buffer_start :]
+            drop = keep - self._buffer_start
+            while self._chunks and len(self._chunks[0]) <= drop:
+                drop -= len(self._chunks[0])
+                self._chunks.popleft()
+            if drop and self._chunks:
+                self._chunks[0] = self._chunks[0][drop:]
             self._buffer_start = keep
             if not self._closed and not self.finals_in_flight:
                 self.committed = max(self.committed, min(keep, self._last_final_safe()))
