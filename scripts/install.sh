@@ -24,5 +24,6 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".${extras}"
 if [[ -n "$extras" ]]; then
   bash scripts/install-whisperlive-client.sh .venv/bin/python  # the real client, for compatibility tests
+  bash scripts/install-prometheus.sh >/dev/null                 # a real Prometheus, for the autoscaler tests
 fi
 echo "voxfleet installed in .venv ($(.venv/bin/python -c 'import voxfleet, sys; print(sys.version.split()[0])'))" >&2

@@ -5,6 +5,7 @@
     voxfleet demo                         voxfleet up, transcribe the bundled sample, stop
     voxfleet router --pods ws://...       run a router in front of pods
     voxfleet up [--port 8765] [--pods 2]  run a router and local pods until Ctrl-C
+    voxfleet up --min-pods 1 --max-pods 4 the same, scaled with the autoscaling policy
     voxfleet operator [run|crd] ...       the Kubernetes operator
 """
 
@@ -124,7 +125,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from voxfleet.up import run_up
 
     return run_up(port=args.port, pods=args.pods, max_sessions=args.max_sessions, log_level=args.log_level,
-                  example=bundled_sample())
+                  example=bundled_sample(), min_pods=args.min_pods, max_pods=args.max_pods)
 
 
 def cmd_operator(argv: list[str]) -> int:
@@ -169,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run a router and local pods on loopback until Ctrl-C")
     up.add_argument("--port", type=int, default=8765, help="the router's port (clients connect here)")
-    up.add_argument("--pods", type=int, default=2, help="local pod processes")
+    up.add_argument("--pods", type=int, default=2, help="local pod processes (a fixed number)")
+    up.add_argument("--min-pods", type=int, default=None,
+                    help="autoscale from the pods' load: fewest pods, always warm (default 1 with --max-pods)")
+    up.add_argument("--max-pods", type=int, default=None, help="autoscale: most pods (default: --pods)")
     up.add_argument("--max-sessions", type=int, default=None, help="sessions per pod (default: the pod's own)")
     up.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     up.set_defaults(func=cmd_up)

@@ -4,7 +4,18 @@ The embedded local default runs the very processes a cluster runs (`voxfleet
 pod` N times, `voxfleet router --pods ...` once), so it exercises the same
 code paths; this module only spawns them, waits until they are ready and
 stops them in order. It must never import stt_pod or stt_router: it spawns
-processes. Until the autoscaler exists it keeps N fixed.
+processes.
+
+Sizes: `--pods N` keeps N pods. `--min-pods M --max-pods N` scales between
+them with the operator's policy (voxfleet.autoscale.decide), measured from the
+pods' own /status and the router's /metrics (no Prometheus locally): a new pod
+counts as serving only once its /status says ready (model loaded and warm);
+scale-down SIGTERMs the highest ordinals, whose drain refuses new sessions
+(the router sees `draining` in their /status and places nothing there) and
+ends on its own once their sessions have. The router takes a static pod list
+at start, so every ordinal up to N gets its loopback port at start and the
+router is told all N addresses; one that is not running is just unreachable
+(its /status polls fail) until a pod is started on that port.
 
 Stopping: the router drains first (no new sessions; active ones finish,
 bounded), then the pods drain; a second Ctrl-C asks every process to stop at
@@ -14,6 +25,7 @@ terminal's Ctrl-C reaches only this process, which stops them in that order.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,14 +33,26 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Mapping
+
+from voxfleet.autoscale import Decision, Observations, PoolPolicy, ScalerState, decide
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 60.0
 DRAIN_SECONDS = "20"
 """Drain bound for `up`'s children unless the environment sets one: Ctrl-C should not wait 5 minutes."""
+SCALE_INTERVAL = 5.0
+"""Seconds between two scaling decisions of `up --min-pods/--max-pods` (reads are local and cheap)."""
+LOCAL_IDLE_SECONDS = 60.0
+"""Local scale-down stabilization and idle time: a laptop should not keep idle pods for 5 minutes."""
+RATE_WINDOW_SECONDS = 60.0
+"""Window over which session arrivals and departures are measured."""
+DEFAULT_SESSIONS_PER_POD = 16
+"""The pod's own default max_sessions, until the pods report their capacity."""
 
 
 def free_port() -> int:
@@ -58,14 +82,108 @@ class Child:
                 pass
 
 
+# ------------------------------------------------------------------ pure parts (unit-tested)
+
+class Rates:
+    """Session arrivals and departures per second over a window, from a monotonic started-sessions counter."""
+
+    def __init__(self, window: float = RATE_WINDOW_SECONDS):
+        self.window = window
+        self.samples: deque[tuple[float, float, int]] = deque()
+
+    def update(self, now: float, started_total: float | None, active: int | None) -> tuple[float | None, float | None]:
+        """Add a sample; (arrival_rate, departure_rate), None until two samples span some time."""
+        if started_total is None or active is None:
+            return None, None
+        if self.samples and started_total < self.samples[-1][1]:
+            self.samples.clear()  # the counter restarted (a new router)
+        self.samples.append((now, started_total, active))
+        while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
+            self.samples.popleft()
+        t0, c0, a0 = self.samples[0]
+        if now - t0 <= 0:
+            return None, None
+        arrivals = (started_total - c0) / (now - t0)
+        departures = max(0.0, arrivals - (active - a0) / (now - t0))
+        return arrivals, departures
+
+
+def local_observations(now: float, replicas: int, statuses: Mapping[int, Mapping | None], draining: Iterable[int],
+                       queue_length: int | None, queue_oldest_wait: float | None = None,
+                       arrival_rate: float | None = None, departure_rate: float | None = None,
+                       pod_start_seconds: float | None = None) -> Observations:
+    """Observations from the pods' /status documents.
+
+    `statuses`: every running pod's ordinal to its /status (None: the poll failed); an ordinal
+    missing from it has no process (0 sessions). A running pod that did not answer makes the
+    load unknown (the policy then holds); so does an unknown queue.
+    """
+    draining = frozenset(draining)
+    unknown = any(v is None for o, v in statuses.items() if o < replicas)
+    polled = {o: v for o, v in statuses.items() if v is not None and o < replicas}
+    serving = {o: v for o, v in polled.items() if o not in draining and v.get("ready") and not v.get("draining")}
+    capacities = [int(v.get("capacity") or 0) for v in polled.values()]
+    pod_sessions = {o: int((polled.get(o) or {}).get("active_sessions") or 0) for o in range(replicas)}
+    return Observations(
+        now=now, replicas=replicas,
+        ready_replicas=None if unknown else len(serving),
+        active_sessions=None if unknown else sum(pod_sessions.values()),
+        free_slots=None if unknown else sum(int(v.get("free_slots") or 0) for v in serving.values()),
+        queue_length=queue_length, queue_oldest_wait_seconds=queue_oldest_wait,
+        arrival_rate=arrival_rate, departure_rate=departure_rate, pod_start_seconds=pod_start_seconds,
+        capacity_per_pod=max(capacities) if capacities and max(capacities) > 0 else None,
+        draining=draining, pod_sessions=None if unknown else pod_sessions)
+
+
+def process_plan(decision: Decision, running: Mapping[int, bool]) -> tuple[list[int], list[int]]:
+    """(ordinals to start, ordinals to SIGTERM) for a decision.
+
+    `running`: ordinal -> True if that pod process drains (was sent SIGTERM), False if it serves
+    or starts. A drain cannot be taken back: a draining pod that the policy un-drains is started
+    again once it has exited.
+    """
+    wanted = {o for o in range(decision.replicas) if o not in decision.draining}
+    start = sorted(o for o in wanted if o not in running)
+    stop = sorted(o for o, draining in running.items() if not draining and o not in wanted)
+    return start, stop
+
+
+def router_numbers(metrics_text: str) -> dict[str, float]:
+    """Queue and session counters from a router's /metrics text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {"queued": 0.0, "oldest_wait": 0.0, "sessions_started": 0.0}
+    names = {"voxfleet_router_sessions_queued": "queued", "voxfleet_router_queue_oldest_wait_seconds": "oldest_wait",
+             "voxfleet_router_sessions_total": "sessions_started"}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            key = names.get(sample.name)
+            if key:
+                out[key] += sample.value
+    return out
+
+
+# ------------------------------------------------------------------ processes
+
 class LocalFleet:
     def __init__(self, port: int = 8765, pods: int = 2, max_sessions: int | None = None, log_level: str = "warning",
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, min_pods: int | None = None, max_pods: int | None = None,
+                 scale_interval: float = SCALE_INTERVAL):
         if pods < 1:
             raise ValueError("--pods must be at least 1")
+        self.autoscaling = min_pods is not None or max_pods is not None
+        if self.autoscaling:
+            min_pods = 1 if min_pods is None else min_pods
+            max_pods = max(min_pods, pods) if max_pods is None else max_pods
+            if min_pods < 1 or max_pods < min_pods:
+                raise ValueError("need 1 <= --min-pods <= --max-pods")
+            pods = min_pods
         self.port = port
         self.n_pods = pods
+        self.min_pods = pods if min_pods is None else min_pods
+        self.max_pods = pods if max_pods is None else max_pods
         self.max_sessions = max_sessions
+        self.scale_interval = scale_interval
         self.env = dict(os.environ if env is None else env)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.env.setdefault("VOXFLEET_POD_LOG_LEVEL", log_level)
@@ -73,29 +191,57 @@ class LocalFleet:
         self.env.setdefault("VOXFLEET_POD_DRAIN_TIMEOUT_SECONDS", DRAIN_SECONDS)
         self.env.setdefault("VOXFLEET_ROUTER_DRAIN_TIMEOUT_SECONDS", DRAIN_SECONDS)
         # N pods share the cores instead of each assuming all of them.
-        self.env.setdefault("VOXFLEET_POD_CPU_THREADS", str(max(1, (os.cpu_count() or 1) // pods)))
-        self.pods: list[Child] = []
+        self.env.setdefault("VOXFLEET_POD_CPU_THREADS", str(max(1, (os.cpu_count() or 1) // self.max_pods)))
+        self.ports = [free_port() for _ in range(self.max_pods)]
+        """Every ordinal's port, fixed at start: the router is told all of them."""
+        self.procs: dict[int, Child] = {}
+        self.draining: set[int] = set()
+        """Ordinals sent SIGTERM by the scaler (draining until they exit)."""
+        self.started_at: dict[int, float] = {}
+        self.pod_start_seconds: float | None = None
         self.router: Child | None = None
+        self.policy = PoolPolicy(
+            min_replicas=self.min_pods, max_replicas=self.max_pods,
+            sessions_per_pod=max_sessions or DEFAULT_SESSIONS_PER_POD,
+            scale_down_stabilization_seconds=LOCAL_IDLE_SECONDS, idle_seconds=LOCAL_IDLE_SECONDS,
+            drain_timeout_seconds=float(self.env.get("VOXFLEET_POD_DRAIN_TIMEOUT_SECONDS", DRAIN_SECONDS)) + 10,
+            reaction_seconds=scale_interval + 1.0)
+        self.state = ScalerState()
+        self.replicas = pods
+        self.rates = Rates()
+        self.last_decision: Decision | None = None
 
     @property
     def url(self) -> str:
         return f"ws://{HOST}:{self.port}"
+
+    @property
+    def pods(self) -> list[Child]:
+        return [self.procs[o] for o in sorted(self.procs)]
 
     def _spawn(self, name: str, args: list[str], port: int) -> Child:
         process = subprocess.Popen([sys.executable, "-m", "voxfleet", *args], env=self.env, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
         return Child(name, process, port)
 
+    def _spawn_pod(self, ordinal: int) -> Child:
+        port = self.ports[ordinal]
+        args = ["pod", "--host", HOST, "--port", str(port), "--pod-id", f"local-pod-{ordinal}"]
+        if self.max_sessions:
+            args += ["--max-sessions", str(self.max_sessions)]
+        child = self._spawn(f"pod {ordinal}", args, port)
+        self.procs[ordinal] = child
+        self.started_at[ordinal] = time.monotonic()
+        return child
+
     def start(self) -> None:
         """Spawn the pods and the router; return once all are ready (raises if one fails)."""
         for i in range(self.n_pods):
-            port = free_port()
-            args = ["pod", "--host", HOST, "--port", str(port), "--pod-id", f"local-pod-{i}"]
-            if self.max_sessions:
-                args += ["--max-sessions", str(self.max_sessions)]
-            self.pods.append(self._spawn(f"pod {i}", args, port))
+            self._spawn_pod(i)
         self._wait_ready(self.pods)
-        pods = ",".join(c.url for c in self.pods)
+        self.pod_start_seconds = max(time.monotonic() - t for t in self.started_at.values())
+        self.started_at.clear()
+        pods = ",".join(f"ws://{HOST}:{p}" for p in self.ports)
         self.router = self._spawn("router", ["router", "--host", HOST, "--port", str(self.port), "--pods", pods,
                                              "--anonymous"], self.port)
         self._wait_ready([self.router])
@@ -120,8 +266,56 @@ class LocalFleet:
         return [*self.pods, *([self.router] if self.router else [])]
 
     def failed(self) -> Child | None:
-        """A child that exited on its own (the fleet is broken)."""
-        return next((c for c in self.children if not c.alive()), None)
+        """A child that exited on its own (the fleet is broken); pods the scaler drained may exit."""
+        return next((c for o, c in self.procs.items() if not c.alive() and o not in self.draining), None) or \
+            (self.router if self.router and not self.router.alive() else None)
+
+    # --- autoscaling (--min-pods/--max-pods)
+
+    def observe(self, now: float) -> Observations:
+        """Reap drained pods, then read every running pod's /status and the router's /metrics."""
+        for o in [o for o, c in self.procs.items() if not c.alive() and o in self.draining]:
+            del self.procs[o]
+            self.draining.discard(o)
+        statuses: dict[int, Mapping | None] = {}
+        for o, child in self.procs.items():
+            status = _get_json(f"http://{HOST}:{child.port}/status")
+            if o in self.started_at and status is not None and status.get("ready"):
+                self.pod_start_seconds = time.monotonic() - self.started_at.pop(o)
+            if status is None and o in self.started_at:
+                status = {"ready": False}  # still binding or loading its model: starting, no sessions
+            elif status is None and o in self.draining:
+                status = {"ready": False, "draining": True}  # closing its port on the way out: no sessions left
+            statuses[o] = status
+        numbers = None
+        if self.router is not None:
+            text = _get_text(f"http://{HOST}:{self.port}/metrics")
+            numbers = router_numbers(text) if text is not None else None
+        queued = None if numbers is None else int(numbers["queued"])
+        active = None if any(v is None for v in statuses.values()) else \
+            sum(int(v.get("active_sessions") or 0) for v in statuses.values())
+        arrivals, departures = self.rates.update(now, None if numbers is None else numbers["sessions_started"], active)
+        return local_observations(now, self.replicas, statuses, self.draining & set(self.procs), queued,
+                                  None if numbers is None else numbers["oldest_wait"], arrivals, departures,
+                                  self.pod_start_seconds)
+
+    def scale_step(self, now: float | None = None) -> Decision:
+        """One decision, carried out: start pods, SIGTERM the ones to drain. Returns the decision."""
+        now = time.monotonic() if now is None else now
+        obs = self.observe(now)
+        decision = decide(obs, self.policy, self.state)
+        self.state = decision.state
+        self.replicas = decision.replicas
+        start, stop = process_plan(decision, {o: o in self.draining for o in self.procs})
+        for o in stop:
+            self.procs[o].signal(signal.SIGTERM)
+            self.draining.add(o)
+        for o in start:
+            self._spawn_pod(o)
+        self.last_decision = decision
+        return decision
+
+    # --- stopping
 
     def stop(self, hurry: "Hurry | None" = None) -> int:
         """Router first, then pods; each drains. Returns the worst exit code."""
@@ -163,9 +357,30 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _get_text(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read().decode()
+    except (OSError, ValueError):
+        return None
+
+
+def _get_json(url: str) -> dict | None:
+    text = _get_text(url)
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 def run_up(port: int = 8765, pods: int = 2, max_sessions: int | None = None, log_level: str = "warning",
-           example: Path | str = "FILE") -> int:
-    fleet = LocalFleet(port, pods, max_sessions, log_level)
+           example: Path | str = "FILE", min_pods: int | None = None, max_pods: int | None = None) -> int:
+    try:
+        fleet = LocalFleet(port, pods, max_sessions, log_level, min_pods=min_pods, max_pods=max_pods)
+    except ValueError as exc:
+        print(f"voxfleet up: {exc}", file=sys.stderr)
+        return 2
+    pods = fleet.n_pods
     stopping = False
     hurry = Hurry()
 
@@ -186,14 +401,22 @@ def run_up(port: int = 8765, pods: int = 2, max_sessions: int | None = None, log
             return 1
         print(f"voxfleet is up at {fleet.url}  (router + {pods} pod(s): "
               f"{', '.join(c.url for c in fleet.pods)})", flush=True)
+        if fleet.autoscaling:
+            print(f"autoscaling between {fleet.min_pods} and {fleet.max_pods} pod(s)", flush=True)
         print(f"try:  voxfleet transcribe {fleet.url} {example}", flush=True)
         print("stop: Ctrl-C", flush=True)
         broken = None
+        next_scale = time.monotonic() + fleet.scale_interval
         while not stopping:
             broken = fleet.failed()
             if broken is not None:
                 print(f"voxfleet up: {broken.name} exited with {broken.process.returncode}; stopping", file=sys.stderr)
                 break
+            if fleet.autoscaling and time.monotonic() >= next_scale:
+                decision = fleet.scale_step()
+                next_scale = time.monotonic() + fleet.scale_interval
+                if decision.actions or not decision.metrics_available:
+                    print(f"voxfleet up: {decision.action}: {decision.reason}", file=sys.stderr, flush=True)
             time.sleep(0.2)
         print("voxfleet up: stopping (the router drains, then the pods) ...", file=sys.stderr, flush=True)
         code = fleet.stop(hurry)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from typing import Any
 
 import kopf
 
-from stt_operator import manifests, spec as specmod, status as statusmod
+from stt_operator import autoscaler, manifests, spec as specmod, status as statusmod
 from stt_operator.apply import Cluster
 from stt_operator.settings import OperatorSettings
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 RESOURCE = (specmod.GROUP, specmod.VERSION, specmod.PLURAL)
 
 _cluster: Cluster | None = None
+_marks: autoscaler.PodMarks | None = None
 _settings = OperatorSettings()
 
 
@@ -41,8 +43,19 @@ def _api() -> Cluster:
     return _cluster
 
 
-def reconcile(body: Any, patch: Any, announce: bool) -> None:
-    """Make the owned objects match the spec, then write status. Idempotent."""
+def _pod_marks() -> autoscaler.PodMarks:
+    global _marks
+    if _marks is None:
+        _api()  # loads the client configuration
+        _marks = autoscaler.PodMarks()
+    return _marks
+
+
+def reconcile(body: Any, patch: Any, announce: bool, autoscale: bool = False) -> None:
+    """Make the owned objects match the spec, then write status. Idempotent.
+
+    With `autoscale` (the resync timer), a due builtin-mode pool first asks the
+    autoscaler for its replicas (stt_operator.autoscaler)."""
     pool = manifests.PoolRef.from_body(body)
     generation = int(body["metadata"].get("generation") or 0)
     old_conditions = (body.get("status") or {}).get("conditions")
@@ -63,6 +76,18 @@ def reconcile(body: Any, patch: Any, announce: bool) -> None:
     live_sts = api.get("apps/v1", "StatefulSet", pool.statefulset, pool.namespace)
     current = (live_sts or {}).get("spec", {}).get("replicas")
     desired = specmod.desired_replicas(spec, current)
+    scaled = None
+    old_status = body.get("status") or {}
+    now = time.time()
+    # No Prometheus URL: nothing to measure, the pool holds its size (status says NoPrometheus).
+    if autoscale and spec.autoscaling.mode == "builtin" and spec.prometheus.url and current is not None \
+            and autoscaler.due(old_status, spec, now):
+        try:
+            scaled = autoscaler.step(pool, spec, old_status, current, _pod_marks(), now)
+            desired = scaled.replicas
+        except Exception as exc:  # the policy holds; the next period tries again
+            logger.exception("autoscaler failed for %s/%s", pool.namespace, pool.name)
+            kopf.warn(body, reason="AutoscalerFailed", message=f"{type(exc).__name__}: {exc}"[:1000])
     error = None
     try:
         for obj in manifests.owned_objects(pool, spec, desired):
@@ -78,6 +103,12 @@ def reconcile(body: Any, patch: Any, announce: bool) -> None:
     router = api.get("apps/v1", "Deployment", pool.router, pool.namespace)
     patch.status.update(statusmod.pool_status(pool, spec, generation, desired, live_sts, router,
                                               old_conditions, _now(), error))
+    if scaled is not None:
+        patch.status.update(scaled.status)
+        patch.status["conditions"] = statusmod.merge_conditions(
+            old_conditions, [*patch.status["conditions"], *scaled.conditions])
+        for kind, reason, message in scaled.events:
+            kopf.event(body, type=kind, reason=reason, message=message)
     if error:
         warn_once("ReconcileFailed", error)
         raise kopf.TemporaryError(error, delay=_settings.retry_seconds)
@@ -102,10 +133,12 @@ def sttpool_resume(body: Any, patch: Any, **_: Any) -> None:
 def sttpool_resync(body: Any, patch: Any, **_: Any) -> None:
     """Periodic: re-apply (self-healing after manual deletes) and refresh status.
 
-    Issue 7's autoscaler plugs in here: it changes `desired`, nothing else.
+    The autoscaler plugs in here (builtin mode, every spec.autoscaling.intervalSeconds,
+    at the granularity of this timer): it changes `desired`, marks pods draining and
+    adds its status and events.
     """
     try:
-        reconcile(body, patch, announce=False)
+        reconcile(body, patch, announce=False, autoscale=True)
     except kopf.PermanentError:
         pass  # already reported by the change handlers; wait for a spec change
 

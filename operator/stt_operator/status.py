@@ -130,7 +130,11 @@ def pool_status(pool: PoolRef, spec: SttPoolSpec, generation: int, desired: int,
         conds.append(condition(METRICS, False, "NoPrometheus",
                                "spec.prometheus.url is empty: the pool holds its size", now, generation))
     else:
-        conds.append(condition(METRICS, None, "NotMeasured", "load has not been read yet", now, generation))
+        # The autoscaler (stt_operator.autoscaler) sets it from what it read; keep its word until it reads again.
+        measured = next((c for c in old_conditions or () if c.get("type") == METRICS
+                         and c.get("reason") not in ("ExternalAutoscaling", "NoPrometheus", "NotMeasured")), None)
+        conds.append(dict(measured) if measured else
+                     condition(METRICS, None, "NotMeasured", "load has not been read yet", now, generation))
 
     return {
         "observedGeneration": generation,
