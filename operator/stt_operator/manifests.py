@@ -27,7 +27,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 API_KEYS_MOUNT = "/etc/voxfleet/api-keys"
 ROUTER_ENV_PREFIX = "VOXFLEET_ROUTER_"
 # Shipped with the operator's RBAC (operator/deploy/rbac.yaml, later the Helm chart):
-# get/list/watch endpointslices; each pool binds its router to it in its namespace.
+# get/list/watch pods; each pool binds its router to it in its namespace.
 ROUTER_CLUSTER_ROLE = "voxfleet-router"
 ROUTER_SERVICE_PORT = 80
 
@@ -258,15 +258,19 @@ def pod_disruption_budget(pool: PoolRef, spec: SttPoolSpec) -> dict[str, Any]:
 
 def router_env(pool: PoolRef, spec: SttPoolSpec) -> list[dict[str, Any]]:
     """The router's VOXFLEET_ROUTER_* variables (stt_router.settings.RouterSettings):
-    it finds the pool's pods through the EndpointSlices of the headless Service."""
+    it finds the pool's pods by watching the Pods of the StatefulSet (their IP, Ready
+    condition and deletionTimestamp; stt_router.podwatch), selected by exactly the
+    StatefulSet's selector labels. Not EndpointSlices: the API server refuses loopback
+    addresses in them, so a local cluster on 127.0.0.0/8 (tests/e2e) would have none,
+    and a Pod says the same things (ready; terminating)."""
     p = ROUTER_ENV_PREFIX
     env: list[dict[str, Any]] = [
         _field_env(f"{p}HOST", "status.podIP"),
         {"name": f"{p}PORT", "value": str(spec.router.port)},
         _field_env(f"{p}ROUTER_ID", "metadata.name"),
-        {"name": f"{p}DISCOVER", "value": "kubernetes"},
+        {"name": f"{p}DISCOVER", "value": "kubernetes-pods"},
         _field_env(f"{p}NAMESPACE", "metadata.namespace"),
-        {"name": f"{p}SERVICE_NAME", "value": pool.headless_service},
+        {"name": f"{p}SELECTOR", "value": selector_string(pool, STT_COMPONENT)},
         {"name": f"{p}POD_PORT", "value": str(spec.port)},
         {"name": f"{p}PLACEMENT", "value": spec.router.placement},
         {"name": f"{p}DRAIN_TIMEOUT_SECONDS", "value": str(spec.drain_timeout_seconds)},
@@ -281,7 +285,7 @@ def router_env(pool: PoolRef, spec: SttPoolSpec) -> list[dict[str, Any]]:
 
 
 def router_service_account(pool: PoolRef) -> dict[str, Any]:
-    """The router's identity: it watches EndpointSlices, nothing else."""
+    """The router's identity: it watches the pool's Pods, nothing else."""
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
@@ -291,7 +295,7 @@ def router_service_account(pool: PoolRef) -> dict[str, Any]:
 
 def router_role_binding(pool: PoolRef) -> dict[str, Any]:
     """Grants the router's ServiceAccount the shared ClusterRole (get/list/watch
-    endpointslices), in the pool's namespace only. The operator may create it
+    pods), in the pool's namespace only. The operator may create it
     because it holds `bind` on exactly that ClusterRole (operator/deploy/rbac.yaml)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",

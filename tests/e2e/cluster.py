@@ -7,9 +7,12 @@ Why it exists: the operator must be tested against the API server that users run
 (schema defaulting, CEL rules, server-side apply, RBAC, garbage collection), and
 this machine has no Docker and no network. Everything binds 127.0.0.1, and every
 address range the cluster hands out is inside 127.0.0.0/8 (service cluster IPs
-127.1.0.0/16, pod IPs 127.2.0.0/16, node IP 127.0.0.2), so nothing ever connects
-to a private or public address. Certificates and keys are made here with openssl,
-per cluster, valid for two days.
+127.1.0.0/16, pod IPs a 127.N.0.0/16 with N from 2 to 99, node IP 127.0.0.2), so
+nothing ever connects to a private or public address. The pod range is claimed
+with a lock file per N while the cluster runs (first free from 127.2.0.0/16):
+pods run as real processes (tests/e2e/kubelet.py) bind their pod IPs, so two
+clusters on one machine (two engineers' test runs) must not hand out the same ones.
+Certificates and keys are made here with openssl, per cluster, valid for two days.
 
 It must never leave processes behind: `stop()` ends each one it started (by its
 own handle), and logs stay in the work directory for a failed run.
@@ -20,6 +23,7 @@ Can also be used by hand:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -27,16 +31,18 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import IO, Callable, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_CIDR = "127.1.0.0/16"
 SERVICE_FIRST_IP = "127.1.0.1"
-POD_CIDR = "127.2.0.0/16"
+POD_CIDR = "127.2.0.0/16"  # the first choice; see pod_network()
+POD_NETWORKS = range(2, 100)  # 127.N.0.0/16
 NODE_IP = "127.0.0.2"
 LOOPBACK = "127.0.0.1"
 GPU_NODE = "kwok-gpu-0"
@@ -130,6 +136,21 @@ def kubeconfig(server: str, ca: Path, user: dict) -> str:
     }, indent=1)
 
 
+def pod_network() -> tuple[str, IO]:
+    """A 127.N.0.0/16 no other running cluster on this machine uses, and the open lock
+    file that claims it (flock: released when the file is closed or the process ends)."""
+    lock_dir = Path(tempfile.gettempdir())
+    for n in POD_NETWORKS:
+        handle = open(lock_dir / f"voxfleet-e2e-podnet-127.{n}.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        return f"127.{n}.0.0/16", handle
+    raise ClusterError(f"every pod network 127.N.0.0/16 (N in {POD_NETWORKS}) is in use by another cluster")
+
+
 @dataclass
 class LocalCluster:
     bin_dir: Path
@@ -137,6 +158,8 @@ class LocalCluster:
     nodes: int = 3
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     apiserver_port: int = 0
+    pod_cidr: str = POD_CIDR
+    _pod_cidr_lock: IO | None = None
 
     @property
     def server(self) -> str:
@@ -195,6 +218,7 @@ class LocalCluster:
         t0 = time.monotonic()
         pki = self.workdir / "pki"
         make_pki(pki)
+        self.pod_cidr, self._pod_cidr_lock = pod_network()
         self.apiserver_port = free_port()
         etcd_port, etcd_peer = free_port(), free_port()
         self.admin_kubeconfig.write_text(kubeconfig(self.server, pki / "ca.crt", {
@@ -246,7 +270,7 @@ class LocalCluster:
         self._start("kwok", [
             f"--kubeconfig={self.admin_kubeconfig}", f"--config={Path(__file__).parent / 'kwok-stages.yaml'}",
             "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}", f"--server-address={LOOPBACK}:{free_port()}",
+            f"--cidr={self.pod_cidr}", f"--node-ip={NODE_IP}", f"--server-address={LOOPBACK}:{free_port()}",
         ])
         for i in range(self.nodes):
             self.kubectl("apply", "-f", "-", input=json.dumps(self.fake_node(f"kwok-node-{i}")))
@@ -292,6 +316,9 @@ class LocalCluster:
                     proc.kill()
                     proc.wait(5)
         self.processes.clear()
+        if self._pod_cidr_lock is not None:
+            self._pod_cidr_lock.close()  # the pod network is free for another cluster
+            self._pod_cidr_lock = None
 
     # ------------------------------------------------------------- clients
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
@@ -325,7 +352,8 @@ def main() -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         cluster.start()
-        print(f"cluster up in {cluster.startup_seconds:.1f} s\nexport KUBECONFIG={cluster.admin_kubeconfig}\n"
+        print(f"cluster up in {cluster.startup_seconds:.1f} s, pod IPs {cluster.pod_cidr}\n"
+              f"export KUBECONFIG={cluster.admin_kubeconfig}\n"
               f"logs: {cluster.logs}\nCtrl-C stops it", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:

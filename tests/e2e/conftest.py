@@ -1,5 +1,7 @@
 """e2e tier: a real local Kubernetes control plane (tests/e2e/cluster.py) and the
-operator as a real process against it.
+operator as a real process against it. Pools in a `live_namespace` (live-N) have
+their pods run as real processes by the local kubelet (tests/e2e/kubelet.py);
+everywhere else the pods are kwok's fakes.
 
 Needs the binaries from `bash scripts/k8s/build.sh` (found through
 $VOXFLEET_K8S_BIN or the build cache). Missing binaries are an error, not a skip:
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster import REPO, ClusterError, LocalCluster, eventually, find_binaries
+from tests.e2e.kubelet import LIVE_PREFIX, LocalKubelet
 
 DEPLOY = REPO / "operator" / "deploy"
 OPERATOR_NAMESPACE = "voxfleet-system"
@@ -65,7 +68,7 @@ def cluster(request: pytest.FixtureRequest):
     except Exception as exc:
         c.stop()
         pytest.fail(f"local cluster did not start: {exc}\nlogs kept in {c.logs}", pytrace=False)
-    print(f"e2e cluster up in {c.startup_seconds:.1f} s at {c.server}", file=sys.stderr)
+    print(f"e2e cluster up in {c.startup_seconds:.1f} s at {c.server}, pod IPs {c.pod_cidr}", file=sys.stderr)
     yield c
     c.stop()
     if request.session.testsfailed or os.environ.get("VOXFLEET_E2E_KEEP"):
@@ -138,6 +141,25 @@ _counter = iter(range(1, 10_000))
 @pytest.fixture
 def namespace(cluster: LocalCluster) -> str:
     name = f"e2e-{next(_counter)}"
+    cluster.kubectl("create", "namespace", name)
+    eventually(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+               30, what="default ServiceAccount")
+    return name
+
+
+@pytest.fixture(scope="session")
+def kubelet(cluster: LocalCluster):
+    """The local kubelet (tests/e2e/kubelet.py): voxfleet's pods in live-* namespaces as real processes.
+    Every process it started is gone after the session; their logs are in logs/pods/."""
+    k = LocalKubelet(cluster).start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture
+def live_namespace(cluster: LocalCluster, kubelet: LocalKubelet) -> str:
+    """A namespace whose voxfleet pods the local kubelet runs (kwok only gives them IPs)."""
+    name = f"{LIVE_PREFIX}{next(_counter)}"
     cluster.kubectl("create", "namespace", name)
     eventually(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
                30, what="default ServiceAccount")

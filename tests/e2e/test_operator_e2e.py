@@ -1,6 +1,6 @@
 """The SttPool operator against a real API server: schema, CEL, owned objects,
 rollout, garbage collection, status, restarts. STT pods are kwok's fakes here
-(scheduled, Running, Ready, with 127.2.x.x IPs); their template is checked."""
+(scheduled, Running, Ready, with 127.N.x.x IPs); their template is checked."""
 
 from __future__ import annotations
 
@@ -140,12 +140,11 @@ def test_pool_gets_owned_objects_pods_and_status(cluster, operator_process, name
     for p in pods:
         assert ipaddress.ip_address(p["status"]["podIP"]) in LOOPBACK_NET
         assert p["spec"]["nodeName"].startswith("kwok-node-")
-    # The router may watch EndpointSlices in its own namespace, and nothing more.
+    # The router may watch Pods in its own namespace, and nothing more.
     router_sa = f"--as=system:serviceaccount:{namespace}:en-router"
-    assert cluster.kubectl("auth", "can-i", "watch", "endpointslices.discovery.k8s.io", "-n", namespace,
-                           router_sa).stdout.strip() == "yes"
-    for verb, resource, ns in [("watch", "endpointslices.discovery.k8s.io", "default"), ("list", "pods", namespace),
-                               ("get", "secrets", namespace), ("patch", "endpointslices.discovery.k8s.io", namespace)]:
+    assert cluster.kubectl("auth", "can-i", "watch", "pods", "-n", namespace, router_sa).stdout.strip() == "yes"
+    for verb, resource, ns in [("watch", "pods", "default"), ("list", "endpointslices.discovery.k8s.io", namespace),
+                               ("get", "secrets", namespace), ("patch", "pods", namespace)]:
         assert cluster.kubectl("auth", "can-i", verb, resource, "-n", ns, router_sa,
                                check=False).stdout.strip() == "no", (verb, resource, ns)
     assert router_sa.split(":")[-1] == pool_router_sa(cluster, namespace)

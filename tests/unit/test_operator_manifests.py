@@ -160,10 +160,11 @@ def test_router_deployment_and_service():
                             {"name": "VOXFLEET_ROUTER_PORT", "value": "8080"},
                             {"name": "VOXFLEET_ROUTER_ROUTER_ID",
                              "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                            {"name": "VOXFLEET_ROUTER_DISCOVER", "value": "kubernetes"},
+                            {"name": "VOXFLEET_ROUTER_DISCOVER", "value": "kubernetes-pods"},
                             {"name": "VOXFLEET_ROUTER_NAMESPACE",
                              "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                            {"name": "VOXFLEET_ROUTER_SERVICE_NAME", "value": "en-stt"},
+                            {"name": "VOXFLEET_ROUTER_SELECTOR", "value": "app.kubernetes.io/name=voxfleet,"
+                             "app.kubernetes.io/instance=en,app.kubernetes.io/component=stt-pod"},
                             {"name": "VOXFLEET_ROUTER_POD_PORT", "value": "8765"},
                             {"name": "VOXFLEET_ROUTER_PLACEMENT", "value": "spread"},
                             {"name": "VOXFLEET_ROUTER_DRAIN_TIMEOUT_SECONDS", "value": "300"},
@@ -272,6 +273,7 @@ def test_router_env_is_a_valid_router_configuration(router):
         e["valueFrom"].get("fieldRef", {}).get("fieldPath"), "s3cret") for e in env}
     settings = settings_mod.load(RouterSettings, ENV_PREFIX, environ=environ)
     settings.validate()
-    assert (settings.discover, settings.service_name, settings.pod_port) == ("kubernetes", "en-stt", 8765)
+    assert (settings.discover, settings.pod_port) == ("kubernetes-pods", 8765)
+    assert settings.selector == manifests.selector_string(POOL)
     assert settings.host == "127.2.0.9" and settings.secrets() == ["s3cret"]
     assert settings.anonymous is (not router.get("apiKeySecret"))
