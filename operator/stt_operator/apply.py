@@ -12,6 +12,7 @@ beyond a client and its discovery cache.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 from typing import Any, Mapping
@@ -74,3 +75,38 @@ class Cluster:
         except NotFoundError:
             return False
         return True
+
+    def list_objects(self, api_version: str, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        """Every object of a kind in `namespace` (None: all namespaces), with apiVersion and kind set."""
+        listed = self._resource(api_version, kind).get(namespace=namespace).to_dict()
+        return [{"apiVersion": api_version, "kind": kind, **item} for item in listed.get("items") or []]
+
+    def patch_status(self, api_version: str, kind: str, name: str, namespace: str,
+                     status: Mapping[str, Any]) -> None:
+        """Merge-patch the status subresource (what kopf does with a handler's `patch.status`)."""
+        resource = self._resource(api_version, kind).subresources["status"]
+        self._dynamic.patch(resource, body={"status": dict(status)}, name=name, namespace=namespace,
+                            content_type="application/merge-patch+json")
+
+    def post_event(self, body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        """A core/v1 Event about `body`, as kopf.event posts one (for code outside kopf's handlers,
+        where kopf's event queue does not exist). Events are auxiliary: a refusal is logged only."""
+        meta = body.get("metadata") or {}
+        namespace = meta.get("namespace") or "default"
+        if len(message) > 1024:
+            message = f"{message[:510]}...{message[-511:]}"
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"namespace": namespace, "generateName": f"{self.field_manager}-"},
+            "action": "Action?", "type": type, "reason": reason, "message": message,
+            "reportingComponent": self.field_manager, "reportingInstance": self.field_manager,
+            "source": {"component": self.field_manager},
+            "involvedObject": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                               "name": meta.get("name"), "uid": meta.get("uid"), "namespace": namespace},
+            "firstTimestamp": now, "lastTimestamp": now, "eventTime": now,
+        }
+        try:
+            self._dynamic.create(self._resource("v1", "Event"), body=event, namespace=namespace)
+        except Exception as exc:  # noqa: BLE001 - never fail a reconcile for an event
+            logger.warning("failed to post event %s/%s %s: %s", namespace, meta.get("name"), reason, exc)

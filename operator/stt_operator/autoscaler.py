@@ -3,7 +3,7 @@
 Why it exists: voxfleet.autoscale.decide is pure; something has to feed it
 measured load, remember its state between periods, and carry its decision
 out. Per SttPool and period (spec.autoscaling.intervalSeconds, checked on the
-operator's resync timer) this module reads Prometheus (prometheus.py), asks
+operator's periodic resync) this module reads Prometheus (prometheus.py), asks
 the policy, and hands the handler a `Step`: the replicas to apply, the pods
 to mark or unmark draining, the status fields and conditions, the events.
 
@@ -40,7 +40,7 @@ DRAINING_ANNOTATION = "voxfleet.io/draining"
 STATUS_KEY = "autoscaler"
 """status.autoscaler: the policy state, when it last ran, and its last decision."""
 SLACK_SECONDS = 1.0
-"""A period is due this much early: the resync timer's ticks jitter."""
+"""A period is due this much early: the resync's ticks jitter."""
 
 _SCALING_REASONS = {"scale-up": "ScaleUp", "undrain": "Undrain", "drain": "Drain", "remove": "ScaleDown",
                     "clamp": "Bounds"}

@@ -6,6 +6,13 @@ status. Handlers are named <kind>_<verb> and registered on an explicit registry
 (`register`), so the process settings (intervals, prefixes) are chosen at start,
 not at import.
 
+The periodic resync (self-healing, status refresh, the builtin autoscaler) is not
+a kopf timer: kopf puts its finalizer on every object a timer or daemon serves, and
+`helm uninstall` removes the operator with its pools, leaving them stuck. It is a
+background task (`resync_start`/`resync_stop`, kopf startup/cleanup) that lists the
+pools every `resync_seconds`, runs the same `reconcile` on each, and writes the
+status patch and posts the events itself (kopf does both only for its handlers).
+
 It must never build manifests or compute status itself, and never add a
 finalizer: owned objects go away through owner references and the garbage
 collector, so a pool can always be deleted, even with the operator down.
@@ -13,10 +20,11 @@ collector, so a pool can always be deleted, even with the operator down.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import kopf
 
@@ -51,11 +59,23 @@ def _pod_marks() -> autoscaler.PodMarks:
     return _marks
 
 
-def reconcile(body: Any, patch: Any, announce: bool, autoscale: bool = False) -> None:
-    """Make the owned objects match the spec, then write status. Idempotent.
+# post(body, type, reason, message): how an event about the pool is posted.
+Post = Callable[[Any, str, str, str], None]
 
-    With `autoscale` (the resync timer), a due builtin-mode pool first asks the
-    autoscaler for its replicas (stt_operator.autoscaler)."""
+
+def kopf_post(body: Any, type: str, reason: str, message: str) -> None:
+    """Post through kopf's event queue: only inside kopf's handlers."""
+    if type == "Warning":
+        kopf.warn(body, reason=reason, message=message)
+    else:
+        kopf.event(body, type=type, reason=reason, message=message)
+
+
+def reconcile(body: Any, patch: Any, announce: bool, autoscale: bool = False, post: Post = kopf_post) -> None:
+    """Make the owned objects match the spec, then put the status in `patch.status`. Idempotent.
+
+    With `autoscale` (the periodic resync), a due builtin-mode pool first asks the
+    autoscaler for its replicas (stt_operator.autoscaler). Events go through `post`."""
     pool = manifests.PoolRef.from_body(body)
     generation = int(body["metadata"].get("generation") or 0)
     old_conditions = (body.get("status") or {}).get("conditions")
@@ -63,7 +83,7 @@ def reconcile(body: Any, patch: Any, announce: bool, autoscale: bool = False) ->
     def warn_once(reason: str, message: str) -> None:
         # A failure that persists is reported once, not on every resync.
         if not statusmod.already_reported(old_conditions, statusmod.DEGRADED, message):
-            kopf.warn(body, reason=reason, message=message)
+            post(body, "Warning", reason, message)
 
     try:
         spec = specmod.parse(body.get("spec") or {})
@@ -87,7 +107,7 @@ def reconcile(body: Any, patch: Any, announce: bool, autoscale: bool = False) ->
             desired = scaled.replicas
         except Exception as exc:  # the policy holds; the next period tries again
             logger.exception("autoscaler failed for %s/%s", pool.namespace, pool.name)
-            kopf.warn(body, reason="AutoscalerFailed", message=f"{type(exc).__name__}: {exc}"[:1000])
+            post(body, "Warning", "AutoscalerFailed", f"{type(exc).__name__}: {exc}"[:1000])
     error = None
     try:
         for obj in manifests.owned_objects(pool, spec, desired):
@@ -96,7 +116,7 @@ def reconcile(body: Any, patch: Any, announce: bool, autoscale: bool = False) ->
                 live_sts = live
         for api_version, kind, name in manifests.obsolete_objects(pool, spec):
             if api.delete(api_version, kind, name, pool.namespace, pool.uid):
-                kopf.event(body, type="Normal", reason="Deleted", message=f"{kind} {name} is no longer needed")
+                post(body, "Normal", "Deleted", f"{kind} {name} is no longer needed")
     except Exception as exc:  # the API said no: report, then let kopf retry
         detail = exc.summary() if callable(getattr(exc, "summary", None)) else str(exc)
         error = f"{type(exc).__name__}: {detail}"[:1000]
@@ -108,14 +128,14 @@ def reconcile(body: Any, patch: Any, announce: bool, autoscale: bool = False) ->
         patch.status["conditions"] = statusmod.merge_conditions(
             old_conditions, [*patch.status["conditions"], *scaled.conditions])
         for kind, reason, message in scaled.events:
-            kopf.event(body, type=kind, reason=reason, message=message)
+            post(body, kind, reason, message)
     if error:
         warn_once("ReconcileFailed", error)
         raise kopf.TemporaryError(error, delay=_settings.retry_seconds)
     if announce:
-        kopf.event(body, type="Normal", reason="Reconciled",
-                  message=f"applied StatefulSet {pool.statefulset} ({desired} pods, model {spec.model.name}), "
-                          f"router {pool.router}")
+        post(body, "Normal", "Reconciled",
+             f"applied StatefulSet {pool.statefulset} ({desired} pods, model {spec.model.name}), "
+             f"router {pool.router}")
 
 
 def sttpool_create(body: Any, patch: Any, **_: Any) -> None:
@@ -130,17 +150,74 @@ def sttpool_resume(body: Any, patch: Any, **_: Any) -> None:
     reconcile(body, patch, announce=False)
 
 
-def sttpool_resync(body: Any, patch: Any, **_: Any) -> None:
-    """Periodic: re-apply (self-healing after manual deletes) and refresh status.
+def sttpool_resync(body: Any, **_: Any) -> None:
+    """Periodic, for one pool: re-apply (self-healing after manual deletes) and refresh status.
 
-    The autoscaler plugs in here (builtin mode, every spec.autoscaling.intervalSeconds,
-    at the granularity of this timer): it changes `desired`, marks pods draining and
-    adds its status and events.
+    Called by the resync task (`resync_all`), outside kopf: it writes the status
+    (a merge patch on the status subresource) and posts the events itself. A pool
+    being deleted is left alone. The autoscaler plugs in here (builtin mode, every
+    spec.autoscaling.intervalSeconds, at the granularity of the resync period): it
+    changes `desired`, marks pods draining and adds its status and events.
     """
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return
+    api = _api()
+    patch = kopf.Patch()
     try:
-        reconcile(body, patch, announce=False, autoscale=True)
+        reconcile(body, patch, announce=False, autoscale=True, post=api.post_event)
     except kopf.PermanentError:
         pass  # already reported by the change handlers; wait for a spec change
+    except kopf.TemporaryError as exc:  # reported (once) in status and events; the next period retries
+        logger.info("resync of %s/%s failed: %s", meta.get("namespace"), meta.get("name"), exc)
+    finally:
+        if patch.status:
+            api.patch_status(body.get("apiVersion") or f"{specmod.GROUP}/{specmod.VERSION}", specmod.KIND,
+                             meta["name"], meta["namespace"], patch.status)
+
+
+def resync_all(namespaces: list[str]) -> None:
+    """Resync every SttPool in `namespaces` (empty: all namespaces); one pool's failure stops none other."""
+    api = _api()
+    api_version = f"{specmod.GROUP}/{specmod.VERSION}"
+    for namespace in namespaces or [None]:
+        try:
+            pools = api.list_objects(api_version, specmod.KIND, namespace)
+        except Exception:
+            logger.exception("listing SttPools in %s failed", namespace or "all namespaces")
+            continue
+        for body in pools:
+            try:
+                sttpool_resync(body)
+            except Exception:
+                meta = body.get("metadata") or {}
+                logger.exception("resync of %s/%s failed", meta.get("namespace"), meta.get("name"))
+
+
+async def _resync_forever(namespaces: list[str], period: float) -> None:
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await asyncio.to_thread(resync_all, namespaces)
+        except Exception:  # never let the loop die
+            logger.exception("resync failed")
+
+
+async def resync_start(memo: Any, **_: Any) -> None:
+    """kopf startup: start the periodic resync (a task, not a kopf timer: no finalizer)."""
+    memo.resync_task = asyncio.create_task(
+        _resync_forever(_settings.namespace_list(), _settings.resync_seconds), name="sttpool resync")
+
+
+async def resync_stop(memo: Any, **_: Any) -> None:
+    """kopf cleanup: stop the periodic resync."""
+    task = getattr(memo, "resync_task", None)
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
 
 def operator_configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -169,5 +246,6 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     kopf.on.create(*RESOURCE, registry=registry)(sttpool_create)
     kopf.on.update(*RESOURCE, field="spec", registry=registry)(sttpool_update)
     kopf.on.resume(*RESOURCE, registry=registry)(sttpool_resume)
-    kopf.timer(*RESOURCE, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
-               registry=registry)(sttpool_resync)
+    # The periodic resync: a background task, never kopf.timer/daemon (they require a finalizer).
+    kopf.on.startup(registry=registry)(resync_start)
+    kopf.on.cleanup(registry=registry)(resync_stop)

@@ -19,7 +19,7 @@ class OperatorSettings:
     namespaces: str = setting("", "comma-separated namespaces to serve; empty: all namespaces (cluster-wide)")
     field_manager: str = setting("voxfleet-operator", "server-side apply field manager: owns exactly the "
                                  "fields the operator sets, so manual changes to other fields are kept")
-    resync_seconds: float = setting(10.0, "period of the per-pool timer that re-applies owned objects "
+    resync_seconds: float = setting(10.0, "period of the resync that re-applies every pool's owned objects "
                                     "(self-healing) and refreshes status")
     retry_seconds: float = setting(10.0, "delay before a failed reconcile is retried")
     liveness: str = setting("", "kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz; empty: none")

@@ -288,28 +288,16 @@ def test_uninstall_removes_everything_but_the_crd(cluster, helm, release):
     assert cluster.get_json("crd", "sttpools.voxfleet.io"), "Helm keeps CRDs from crds/"
 
 
-KOPF_FINALIZER_XFAIL = (
-    "kopf adds its finalizer to every SttPool (a kopf.timer always requires one), and helm uninstall removes "
-    "the operator and its RBAC together with the pool, so nothing removes the finalizer: the pool and its "
-    "objects stay until it is removed by hand. Operator issue: stt_operator/handlers.py promises no finalizer.")
-
-
 def test_uninstall_deletes_the_default_pool_and_its_objects(cluster, release):
-    try:
-        try:
-            eventually(lambda: cluster.get_json("sttpool", POOL, "-n", NAMESPACE, check=False) is None, 30,
-                       what="the default SttPool deleted")
-        except AssertionError:
-            pool = cluster.get_json("sttpool", POOL, "-n", NAMESPACE, check=False) or {"metadata": {}}
-            finalizers = pool["metadata"].get("finalizers") or []
-            if any("kopf" in f for f in finalizers):
-                pytest.xfail(f"{KOPF_FINALIZER_XFAIL} (finalizers: {finalizers})")
-            raise
-        eventually(lambda: cluster.get_json("statefulset", f"{POOL}-stt", "-n", NAMESPACE, check=False) is None,
-                   60, what="the pool's StatefulSet garbage-collected")
-    finally:  # leave a clean cluster either way
-        cluster.kubectl("patch", "sttpool", POOL, "-n", NAMESPACE, "--type=merge", "-p",
-                        '{"metadata":{"finalizers":null}}', check=False)
+    """The pool goes with the release although the operator and its RBAC go at the same
+    moment: the operator puts no finalizer on it, the garbage collector does the rest."""
+    eventually(lambda: cluster.get_json("sttpool", POOL, "-n", NAMESPACE, check=False) is None, 30,
+               what="the default SttPool deleted")
+    for kind, name in [("statefulset", f"{POOL}-stt"), ("service", f"{POOL}-stt"), ("deployment", f"{POOL}-router"),
+                       ("service", f"{POOL}-router"), ("serviceaccount", f"{POOL}-router"),
+                       ("rolebinding", f"{POOL}-router"), ("poddisruptionbudget", f"{POOL}-stt")]:
+        eventually(lambda kind=kind, name=name: cluster.get_json(kind, name, "-n", NAMESPACE, check=False) is None, 60,
+                   what=f"the pool's {kind}/{name} garbage-collected")
 
 
 # ------------------------------------------------------------------ a live release
@@ -362,6 +350,3 @@ def test_live_release_transcribes_real_speech(cluster, crd, helm, kubelet, live_
         assert wer(reference, text) <= 0.35, (reference, text)
     finally:
         helm("uninstall", "vf-live", "-n", ns, "--ignore-not-found", check=False)
-        # the kopf finalizer (see KOPF_FINALIZER_XFAIL): let the pool and its pods go
-        cluster.kubectl("patch", "sttpool", pool, "-n", ns, "--type=merge", "-p",
-                        '{"metadata":{"finalizers":null}}', check=False)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,7 +16,7 @@ import pytest
 from stt_operator import manifests
 from stt_operator.manifests import PoolRef
 from stt_operator.spec import parse
-from tests.e2e.cluster import eventually
+from tests.e2e.cluster import REPO, eventually
 
 LOOPBACK_NET = ipaddress.ip_network("127.0.0.0/8")
 
@@ -108,6 +111,8 @@ def test_pool_gets_owned_objects_pods_and_status(cluster, operator_process, name
                                  podSettings={"maxBatch": 4}, drainTimeoutSeconds=60))
     pool = wait_pool_ready(cluster, namespace, "en")
     uid = pool["metadata"]["uid"]
+    # No finalizer, ever (kopf adds one for timers and daemons): a pool can be deleted with the operator gone.
+    assert not pool["metadata"].get("finalizers"), pool["metadata"]["finalizers"]
 
     for kind, name in [("statefulset", "en-stt"), ("service", "en-stt"), ("poddisruptionbudget", "en-stt"),
                        ("deployment", "en-router"), ("service", "en-router"), ("serviceaccount", "en-router"),
@@ -253,6 +258,40 @@ def test_restart_and_resync_change_nothing_and_keep_manual_changes(cluster, oper
     assert versions()["poddisruptionbudget"] == settled["poddisruptionbudget"]
     assert sts["spec"]["replicas"] == 2
     assert sts["metadata"]["annotations"]["team/owner"] == "speech"
+    # Resyncs (and the resume after the restart) have run: still no finalizer.
+    assert not cluster.get_json("sttpool", "calm", "-n", namespace)["metadata"].get("finalizers")
+
+
+RESYNC_AS_THE_OPERATOR = """
+import sys
+from stt_operator.apply import Cluster
+api = Cluster("voxfleet-operator")
+[pool] = [p for p in api.list_objects("voxfleet.io/v1alpha1", "SttPool", sys.argv[1])
+          if p["metadata"]["name"] == "heal"]
+api.post_event(pool, "Normal", "ResyncCheck", "posted outside kopf")
+api.patch_status("voxfleet.io/v1alpha1", "SttPool", "heal", sys.argv[1], {"lastScaleReason": "e2e check"})
+"""
+
+
+def test_resync_heals_and_writes_status_and_events_without_kopf(cluster, operator_process, namespace):
+    apply(cluster, pool_manifest("heal", namespace))
+    wait_pool_ready(cluster, namespace, "heal")
+    # The periodic resync (a background task, not a kopf handler) re-applies what a person deleted.
+    cluster.kubectl("delete", "service", "heal-router", "-n", namespace)
+    eventually(lambda: cluster.get_json("service", "heal-router", "-n", namespace, check=False), 20,
+               what="the router Service re-applied by the resync")
+    # What the resync does outside kopf (list pools, post events, merge-patch status), with the operator's RBAC.
+    env = dict(os.environ, KUBECONFIG=str(operator_process.kubeconfig))
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    subprocess.run([sys.executable, "-c", RESYNC_AS_THE_OPERATOR, namespace], env=env, cwd=REPO, check=True,
+                   timeout=60)
+    pool = cluster.get_json("sttpool", "heal", "-n", namespace)
+    assert pool["status"]["lastScaleReason"] == "e2e check"
+    assert condition(pool, "Ready")["status"] == "True"  # a merge patch: the rest of the status is kept
+    assert not pool["metadata"].get("finalizers")
+    events = cluster.get_json("events", "-n", namespace, "--field-selector", "reason=ResyncCheck")["items"]
+    assert [(e["involvedObject"]["kind"], e["involvedObject"]["name"], e["source"]["component"])
+            for e in events] == [("SttPool", "heal", "voxfleet-operator")]
 
 
 def test_deleting_the_pool_removes_everything(cluster, operator_process, namespace):

@@ -151,44 +151,47 @@ def applied_replicas(api) -> int:
     return [o for o in api.applied if o["kind"] == "StatefulSet"][-1]["spec"]["replicas"]
 
 
-def test_resync_timer_patches_the_statefulset_and_status(monkeypatch, events):
+def resync(api, body) -> dict:
+    """One periodic resync of the pool: the status it wrote (a merge patch on the status subresource)."""
+    handlers.sttpool_resync(body)
+    return api.statuses[-1][4]
+
+
+def test_resync_patches_the_statefulset_and_status(monkeypatch, events):
     api = serve(monkeypatch, BUSY)
-    patch = kopf.Patch()
-    handlers.sttpool_resync(body=pool_body(), patch=patch)
+    status = resync(api, pool_body())
     assert applied_replicas(api) > 2
-    assert patch.status["desiredReplicas"] == applied_replicas(api)
-    conds = {c["type"]: (c["status"], c["reason"]) for c in patch.status["conditions"]}
+    assert status["desiredReplicas"] == applied_replicas(api)
+    conds = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conds["MetricsAvailable"] == ("True", "Measured")
     assert conds["Scaling"] == ("True", "ScaleUp")
-    assert patch.status["lastScaleReason"].startswith("scale up")
-    assert ("Normal", "ScaleUp") in [e[:2] for e in events]
+    assert status["lastScaleReason"].startswith("scale up")
+    assert ("Normal", "ScaleUp") in [e[:2] for e in api.posted]  # posted by the resync itself
+    assert events == []
 
 
 def test_resync_with_prometheus_down_freezes_the_size(monkeypatch, events):
     api = serve(monkeypatch, BUSY, down=True, replicas=3)
-    patch = kopf.Patch()
-    handlers.sttpool_resync(body=pool_body(), patch=patch)
+    status = resync(api, pool_body())
     assert applied_replicas(api) == 3
-    conds = {c["type"]: (c["status"], c["reason"]) for c in patch.status["conditions"]}
+    conds = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conds["MetricsAvailable"] == ("False", "PrometheusUnreachable")
-    assert ("Warning", "PrometheusUnreachable") in [e[:2] for e in events]
+    assert ("Warning", "PrometheusUnreachable") in [e[:2] for e in api.posted]
 
 
 def test_external_mode_leaves_replicas_alone(monkeypatch, events):
     api = serve(monkeypatch, BUSY)
-    patch = kopf.Patch()
-    handlers.sttpool_resync(body=pool_body(autoscaling={"mode": "external"}, replicas=2), patch=patch)
+    status = resync(api, pool_body(autoscaling={"mode": "external"}, replicas=2))
     assert applied_replicas(api) == 2
-    assert "autoscaler" not in patch.status
-    assert not [e for e in events if e[1] == "ScaleUp"]
+    assert status["desiredReplicas"] == 2
+    assert "autoscaler" not in status
+    assert not [e for e in api.posted if e[1] == "ScaleUp"]
 
 
 def test_create_does_not_autoscale_and_keeps_the_measured_condition(monkeypatch, events):
     api = serve(monkeypatch, BUSY)
-    first = kopf.Patch()
-    handlers.sttpool_resync(body=pool_body(), patch=first)
     body = pool_body()
-    body["status"] = dict(first.status)
+    body["status"] = resync(api, pool_body())
     api.objects[("StatefulSet", "en-stt")] = sts(applied_replicas(api))
     patch = kopf.Patch()
     handlers.sttpool_update(body=body, patch=patch)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import types
+
 import kopf
 import pytest
 
@@ -14,6 +17,9 @@ class FakeCluster:
         self.applied: list[dict] = []
         self.deleted: list[tuple] = []
         self.fail_on = fail_on
+        self.pools: dict[str | None, list[dict]] = {}
+        self.statuses: list[tuple] = []
+        self.posted: list[tuple] = []  # events posted directly (the resync, outside kopf)
 
     def get(self, api_version, kind, name, namespace):
         return self.objects.get((kind, name))
@@ -31,6 +37,17 @@ class FakeCluster:
             self.deleted.append((kind, name))
             return True
         return False
+
+    def list_objects(self, api_version, kind, namespace):
+        if namespace == "broken":
+            raise RuntimeError("forbidden")
+        return self.pools.get(namespace, [])
+
+    def patch_status(self, api_version, kind, name, namespace, status):
+        self.statuses.append((api_version, kind, name, namespace, dict(status)))
+
+    def post_event(self, body, type, reason, message):
+        self.posted.append((type, reason, message))
 
 
 @pytest.fixture
@@ -89,7 +106,8 @@ def test_invalid_spec_is_permanent_and_reported(monkeypatch, events):
     assert api.applied == []
     assert conditions(patch)["Degraded"] == ("True", "InvalidSpec")
     assert events[-1][:2] == ("Warning", "InvalidSpec")
-    handlers.sttpool_resync(body=body(minReplicas=5, maxReplicas=2), patch=kopf.Patch())  # quiet, no raise
+    handlers.sttpool_resync(body=body(minReplicas=5, maxReplicas=2))  # quiet, no raise
+    assert api.statuses[-1][4]["conditions"][0]["reason"] == "InvalidSpec"
 
 
 def test_refused_apply_degrades_and_retries(monkeypatch, events):
@@ -113,12 +131,91 @@ def test_turning_the_ingress_off_deletes_it(monkeypatch, events):
 
 
 def test_a_persisting_failure_is_reported_once(monkeypatch, events):
-    use(monkeypatch, FakeCluster(fail_on="Deployment"))
+    api = use(monkeypatch, FakeCluster(fail_on="Deployment"))
     first = kopf.Patch()
     with pytest.raises(kopf.TemporaryError):
         handlers.sttpool_create(body=body(), patch=first)
     again = body()
     again["status"] = {"conditions": first.status["conditions"]}
-    with pytest.raises(kopf.TemporaryError):
-        handlers.sttpool_resync(body=again, patch=kopf.Patch())
+    handlers.sttpool_resync(body=again)  # no raise: the next period retries
     assert [e for e in events if e[0] == "Warning"] == [("Warning", "ReconcileFailed", "RuntimeError: Deployment refused")]
+    assert api.posted == []  # the resync's own events: none, the failure was reported already
+    assert handlers.statusmod.already_reported(api.statuses[-1][4]["conditions"], "Degraded",
+                                               "RuntimeError: Deployment refused")
+
+
+def pool_body(name: str = "en", **extra) -> dict:
+    b = body()
+    b["metadata"]["name"] = name
+    b.update(apiVersion="voxfleet.io/v1alpha1", kind="SttPool", **extra)
+    return b
+
+
+def test_resync_writes_status_itself_and_posts_no_reconciled_event(monkeypatch, events):
+    api = use(monkeypatch, FakeCluster())
+    handlers.sttpool_resync(pool_body())
+    assert [o["kind"] for o in api.applied][:2] == ["Service", "StatefulSet"]
+    [(api_version, kind, name, namespace, status)] = api.statuses
+    assert (api_version, kind, name, namespace) == ("voxfleet.io/v1alpha1", "SttPool", "en", "speech")
+    assert status["desiredReplicas"] == 1 and status["observedGeneration"] == 2
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Scaling", "Degraded", "MetricsAvailable"}
+    assert events == [] and api.posted == []  # kopf's queue is not used outside its handlers
+
+
+def test_resync_posts_its_events_directly(monkeypatch, events):
+    api = use(monkeypatch, FakeCluster(fail_on="Deployment"))
+    handlers.sttpool_resync(pool_body())
+    assert api.posted == [("Warning", "ReconcileFailed", "RuntimeError: Deployment refused")]
+    assert events == []
+    assert conditions(types.SimpleNamespace(status=api.statuses[-1][4]))["Degraded"] == ("True", "ReconcileFailed")
+
+
+def test_resync_leaves_a_pool_being_deleted_alone(monkeypatch, events):
+    api = use(monkeypatch, FakeCluster())
+    gone = pool_body()
+    gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    handlers.sttpool_resync(gone)
+    assert api.applied == [] and api.statuses == [] and api.posted == []
+
+
+def test_resync_all_serves_every_namespace_and_survives_failures(monkeypatch, events):
+    api = use(monkeypatch, FakeCluster())
+    broken = pool_body("bad")
+    del broken["metadata"]["uid"]  # reconcile raises, not just reports
+    api.pools = {"a": [pool_body("one"), broken], "b": [pool_body("two")]}
+    handlers.resync_all(["a", "broken", "b"])
+    assert [s[2] for s in api.statuses] == ["one", "two"]
+    api.statuses.clear()
+    api.pools = {None: [pool_body("all")]}
+    handlers.resync_all([])  # no namespaces: cluster-wide
+    assert [s[2] for s in api.statuses] == ["all"]
+
+
+def test_resync_task_runs_periodically_and_stops(monkeypatch):
+    calls = []
+    monkeypatch.setattr(handlers, "resync_all", lambda namespaces: calls.append(namespaces))
+    monkeypatch.setattr(handlers, "_settings", handlers.OperatorSettings(namespaces="a,b", resync_seconds=0.01))
+
+    async def run():
+        memo = types.SimpleNamespace()
+        await handlers.resync_start(memo=memo)
+        await asyncio.sleep(0.2)
+        await handlers.resync_stop(memo=memo)
+        assert memo.resync_task.cancelled()
+        n = len(calls)
+        await asyncio.sleep(0.05)
+        return n
+
+    n = asyncio.run(run())
+    assert n >= 2 and len(calls) == n and calls[0] == ["a", "b"]
+
+
+def test_no_handler_needs_a_finalizer():
+    """kopf puts its finalizer on objects served by timers, daemons or on.delete: none here."""
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, handlers.OperatorSettings())
+    assert registry._spawning.get_all_handlers() == []
+    changing = registry._changing.get_all_handlers()
+    assert {h.fn.__name__ for h in changing} == {"sttpool_create", "sttpool_update", "sttpool_resume"}
+    assert not any(h.requires_finalizer for h in changing)
+    assert {h.fn.__name__ for h in registry._activities.get_all_handlers()} >= {"resync_start", "resync_stop"}
