@@ -97,15 +97,15 @@ def summarise(streams: list[dict], speech_seconds: float) -> dict:
 
 
 def wer_key(runs: list[dict]) -> str:
-    """Which WER the headline compares: the excess over offline when every run has it, else the plain mean."""
-    if runs and all(r["summary"].get("wer_excess_mean") is not None for r in runs):
-        return "wer_excess_mean"
+    """Which WER the headline compares: the plain mean, as the issue defines it ("WER within 2 points
+    of its single-stream WER"). The excess over each stream's offline WER is shown beside it: it
+    removes the voice mix (N=1 has one voice, N=16 six), but it is noisier on short streams."""
     return "wer_mean"
 
 
 def headline(target: dict) -> dict:
-    """Largest N a target sustains: p95 final latency <= 3 s, WER within 0.02 of its own N=1 WER
-    (each stream's WER taken relative to its offline WER, see reference.py), nothing refused or
+    """Largest N a target sustains: p95 final latency <= 3 s, mean WER within 0.02 of its own N=1 WER,
+    nothing refused or
     failed; every smaller N tested must pass too. The smallest N tested is the WER baseline."""
     runs = sorted(target.get("runs", []), key=lambda r: r["n"])
     key = wer_key(runs)
