@@ -4,15 +4,33 @@ One registry per router, names prefixed `voxfleet_router_`, base units, no
 session or key ids as labels (pod ordinals are bounded by the pool size).
 The queue metrics are the autoscaler's input: sessions waiting and how long
 they waited. Relay latency is the time a frame spends inside the router, so
-its buckets start far below the speech-latency ones.
+its buckets start far below the speech-latency ones, and reach seconds: a
+frame held for a replay, or a router that has fallen behind, must show as
+such, not pile up in +Inf. The event-loop lag says how far behind the
+router's one thread is (a sleep's overshoot): every frame, ack and poll
+waits that long before the router even looks at it, so it is the first
+sign that a router needs more cores or replicas.
+
+With `--workers` above 1 every worker process has its own registry: a
+scrape through the shared port reads whichever worker the kernel hands the
+connection to (docs/router.md, "Several cores").
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
-RELAY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+RELAY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                 2.5, 5.0)
+
+LAG_INTERVAL_SECONDS = 0.1
+"""How often the event-loop lag is sampled (a sleep of this long, and how much later it ended)."""
+LAG_WINDOW = 10
+"""The gauge shows the largest of the last this many samples (one second), so a scrape does not miss a stall."""
 
 
 class RouterMetrics:
@@ -28,7 +46,11 @@ class RouterMetrics:
         self.failovers = Counter(p + "failovers_total", "Sessions moved to another pod after theirs was lost, by result", ["result"], registry=r)
         self.replayed_seconds = Counter(p + "replayed_audio_seconds_total", "Audio replayed to a new pod after failovers", registry=r)
         self.refusals = Counter(p + "refusals_total", "Sessions refused or closed by the router, by reason", ["reason"], registry=r)
-        self.relay_latency = Histogram(p + "relay_latency_seconds", "Time an audio frame spends inside the router", buckets=RELAY_BUCKETS, registry=r)
+        self.relay_latency = Histogram(p + "relay_latency_seconds", "Time an audio frame spends inside the router, from "
+                                       "read to written to its pod (one frame in 16 sampled)", buckets=RELAY_BUCKETS, registry=r)
+        self.event_loop_lag = Gauge(p + "event_loop_lag_seconds", "How late the router's event loop runs what is due "
+                                    "(largest sleep overshoot over the last second)", registry=r)
+        self.replay_bytes = Gauge(p + "replay_bytes", "Audio bytes held in replay tails over all sessions", registry=r)
         self.pods_ready = Gauge(p + "pods_ready", "Pods that take new sessions", registry=r)
         self.pods_known = Gauge(p + "pods_known", "Pods discovered", registry=r)
         self.free_slots = Gauge(p + "free_slots", "Free session slots over the ready pods", registry=r)
@@ -37,3 +59,14 @@ class RouterMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+async def watch_event_loop_lag(gauge: Gauge, interval: float = LAG_INTERVAL_SECONDS, window: int = LAG_WINDOW) -> None:
+    """Sleep `interval` again and again; how much later than asked each sleep ends is the loop's lag."""
+    loop = asyncio.get_running_loop()
+    recent: collections.deque[float] = collections.deque(maxlen=window)
+    while True:
+        asked = loop.time() + interval
+        await asyncio.sleep(interval)
+        recent.append(max(0.0, loop.time() - asked))
+        gauge.set(max(recent))

@@ -30,7 +30,8 @@ class PodView:
     ordinal: int
     ready: bool = False  # last /status said ready (model warm, not draining)
     draining: bool = False
-    reachable: bool = False  # last /status poll answered
+    reachable: bool = False  # its /status answered, and has not failed `status_failure_threshold` times in a row since
+    failed_polls: int = 0  # consecutive /status polls that failed
     capacity: int = 0
     reported_active: int = 0  # active_sessions in the last /status
     placed_since_report: int = 0  # sessions this router placed after that report
@@ -56,6 +57,7 @@ class PodView:
     def report(self, *, ready: bool, draining: bool, capacity: int, active: int) -> None:
         """A fresh /status answer replaces the estimate."""
         self.reachable = True
+        self.failed_polls = 0
         self.ready, self.draining, self.capacity, self.reported_active = ready, draining, capacity, active
         self.placed_since_report = 0
         self.refused_full = False

@@ -2,9 +2,12 @@
 
 Discovery says which pods exist; each pod's /status says whether it is ready,
 draining, and how full; the router's own accounting fills the gap between two
-polls. A pod that does not answer its poll, or whose connection dies under a
-session, is unreachable until a poll answers again. `on_change` is called
-whenever a slot may have opened, so the queue can move.
+polls. A pod whose connection dies under a session is unreachable at once; a
+pod whose polls fail becomes unreachable only after `failure_threshold`
+failures in a row: a poll's timeout also counts the router's own event-loop
+backlog, so one slow round (the router behind, not the pods) must not empty
+the pool. Either way it stays unreachable until a poll answers again.
+`on_change` is called whenever a slot may have opened, so the queue can move.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ MAX_STATUS_BYTES = 64 * 1024
 
 
 class Pool:
-    def __init__(self, policy: str, interval: float, timeout: float, on_change: Callable[[], None] = lambda: None):
+    def __init__(self, policy: str, interval: float, timeout: float, on_change: Callable[[], None] = lambda: None,
+                 failure_threshold: int = 3):
         self.policy = policy
         self.interval = interval
         self.timeout = timeout
+        self.failure_threshold = max(1, failure_threshold)
         self.on_change = on_change
         self.pods: dict[str, PodView] = {}
         self._stopped = asyncio.Event()
@@ -89,8 +94,10 @@ class Pool:
 
     async def run(self) -> None:
         while not self._stopped.is_set():
+            self._wake.clear()  # before the round: a change during it (a lost pod, a stop) is not missed
             await self.poll_all()
-            self._wake.clear()
+            if self._stopped.is_set():
+                break
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except asyncio.TimeoutError:
@@ -118,9 +125,19 @@ class Pool:
             if pod.eligible != was:
                 log.info("pod %s is %s", pod.name, "ready" if pod.eligible else "not taking sessions")
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
-            if pod.reachable:
-                log.warning("pod %s unreachable: %s", pod.name, exc or type(exc).__name__)
-            pod.unreachable()
+            if pod.url != url:
+                return
+            pod.failed_polls += 1
+            if not pod.reachable:
+                return
+            why = exc or type(exc).__name__
+            if pod.failed_polls >= self.failure_threshold:
+                log.warning("pod %s unreachable: %d /status polls failed in a row (last: %s)", pod.name,
+                            pod.failed_polls, why)
+                pod.unreachable()
+            else:
+                log.info("pod %s: /status poll failed (%d of %d before it counts as unreachable): %s", pod.name,
+                         pod.failed_polls, self.failure_threshold, why)
 
 
 async def get_json(url: str, timeout: float) -> dict:

@@ -24,21 +24,35 @@ This module never touches a socket or a clock: the relay passes times in.
 
 from __future__ import annotations
 
+import json
+import re
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from voxfleet import protocol as p
 from stt_router.tokens import Pin
 
 
-@dataclass
+HEADER = p.FRAME_HEADER.size
+
+ACK = re.compile(r'\{"type":"ack","seq":-?\d+,"committed_seq":(-?\d+),"committed_seconds":(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\}')
+"""A pod's `ack` exactly as voxfleet.protocol encodes it: read with a regex, not json.loads (one per frame).
+Anything else (other spacing, key order or fields) takes the general JSON path."""
+
+
+@dataclass(slots=True)
 class TailFrame:
     seq: int  # client numbering
-    payload: bytes  # audio only, no header
+    data: bytes  # the frame as the client sent it: header (its seq) and audio
     seconds: float
     received: float  # when it arrived (relay latency)
     sent_once: bool = False
+
+    @property
+    def payload(self) -> memoryview:
+        """The audio, without the header."""
+        return memoryview(self.data)[HEADER:]
 
 
 class ReplayTail:
@@ -62,11 +76,16 @@ class ReplayTail:
         return bool(self.frames) and (self.seconds >= self.max_seconds - 1e-9 or self.nbytes >= self.max_bytes)
 
     def append(self, seq: int, payload: bytes, seconds: float, now: float) -> TailFrame:
-        frame = TailFrame(seq, payload, seconds, now)
+        return self.append_data(seq, p.pack_frame(seq, payload), seconds, now)
+
+    def append_data(self, seq: int, data: bytes, seconds: float, now: float) -> TailFrame:
+        """Keep a whole client frame (header and audio, as received: no copy)."""
+        frame = TailFrame(seq, data, seconds, now)
         self.frames.append(frame)
         self.seconds += seconds
-        self.nbytes += len(payload)
-        self.last_seq = max(self.last_seq, seq)
+        self.nbytes += len(data) - HEADER
+        if seq > self.last_seq:
+            self.last_seq = seq
         return frame
 
     def trim_through(self, seq: int) -> int:
@@ -75,7 +94,7 @@ class ReplayTail:
         while self.frames and self.frames[0].seq <= seq:
             frame = self.frames.popleft()
             self.seconds -= frame.seconds
-            self.nbytes -= len(frame.payload)
+            self.nbytes -= len(frame.data) - HEADER
             if self.start_time is not None:
                 self.start_time += frame.seconds
             n += 1
@@ -127,10 +146,10 @@ class RelayState:
     pending_end: dict | None = None  # the pod's 'end', relayed only if the pod ends the session for good
     pending_error: dict | None = None  # the same for its 'error' (a pod that fails may be failed over)
     pin_changed: bool = False  # the client should get a fresh token
-    _frame_bytes: int = field(default=0, init=False)
+    _seconds_per_byte: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
-        self._frame_bytes = self.pin.start().audio.bytes_per_frame
+        self._seconds_per_byte = 1.0 / self.pin.start().audio.bytes_per_frame / self.pin.sample_rate
 
     @classmethod
     def new(cls, pin: Pin, max_seconds: float, max_bytes: int) -> "RelayState":
@@ -153,7 +172,7 @@ class RelayState:
     # --- client -> pod
 
     def seconds_of(self, payload_len: int) -> float:
-        return payload_len / self._frame_bytes / self.pin.sample_rate
+        return payload_len * self._seconds_per_byte
 
     def accept_frame(self, seq: int, payload: bytes, now: float) -> bool:
         """Keep a client frame for sending and replay; False: an old or repeated one, dropped."""
@@ -161,6 +180,18 @@ class RelayState:
             return False
         self.tail.append(seq, bytes(payload), self.seconds_of(len(payload)), now)
         return True
+
+    def accept_message(self, data: bytes, now: float) -> TailFrame | None:
+        """`accept_frame` for a binary message as received, kept without a copy; None: old or repeated.
+
+        Raises ProtocolError for a frame without a sequence header (the pod answers it)."""
+        if len(data) < HEADER:
+            p.unpack_frame(data)  # raises the protocol's own error
+        seq = int.from_bytes(data[:HEADER], "big")
+        tail = self.tail
+        if seq <= tail.last_seq or seq <= self.commit:
+            return None
+        return tail.append_data(seq, data, (len(data) - HEADER) * self._seconds_per_byte, now)
 
     def next_to_send(self) -> TailFrame | None:
         """The next frame the current pod has not had, or None when it is up to date."""
@@ -173,7 +204,10 @@ class RelayState:
         return None
 
     def pod_frame(self, frame: TailFrame) -> bytes:
-        return p.pack_frame(frame.seq - self.leg.seq_base, frame.payload)
+        base = self.leg.seq_base
+        if base == 0:
+            return frame.data  # the pod numbers as the client does: the frame goes as it came
+        return p.pack_frame(frame.seq - base, frame.payload)
 
     def trailer_due(self) -> bool:
         """The client's last message goes to the pod once every frame before it has."""
@@ -222,6 +256,23 @@ class RelayState:
             return []  # one per leg, handled by the relay
         return [msg]
 
+    def pod_text(self, raw: str) -> Sequence[str]:
+        """One text message of the pod, translated: what the client gets, encoded (maybe nothing).
+
+        The pod's `ack` (one per frame or so) in its own encoding is read with a regex and the client's
+        formatted directly, without a JSON round trip; anything else goes through `on_pod_message`.
+        Raises ValueError for invalid JSON."""
+        m = ACK.fullmatch(raw)
+        if m is not None:
+            leg = self.leg
+            if self._move_commit(leg.seq_base + int(m[1]), float(m[2]) + leg.time_offset):
+                return (ack_text(self.commit, max(self.committed_seconds, self.commit_time)),)
+            return ()
+        msg = json.loads(raw)
+        if not isinstance(msg, dict):
+            raise ValueError("not a JSON object")
+        return [p.encode(out) for out in self.on_pod_message(msg)]
+
     def _on_ack(self, msg: dict[str, Any]) -> list[dict[str, Any]]:
         leg = self.leg
         pod_committed = int(msg.get("committed_seq", -1))
@@ -231,16 +282,23 @@ class RelayState:
 
     def _advance(self, seq: int | None, seconds: float | None) -> list[dict[str, Any]]:
         """Move the commit point; an ack for the client when it moved."""
-        if seconds is not None:
-            self.committed_seconds = max(self.committed_seconds, seconds)
-        if seq is None or seq <= self.commit:
+        if not self._move_commit(seq, seconds):
             return []
+        return [p.ack(self.commit, self.commit, max(self.committed_seconds, self.commit_time))]
+
+    def _move_commit(self, seq: int | None, seconds: float | None) -> bool:
+        """Move the commit point (trim the tail); True when it moved."""
+        if seconds is not None and seconds > self.committed_seconds:
+            self.committed_seconds = seconds
+        if seq is None or seq <= self.commit:
+            return False
         self.commit = seq
         removed = self.tail.trim_through(seq)
-        self.leg.cursor = max(0, self.leg.cursor - removed)
+        if removed:
+            self.leg.cursor = max(0, self.leg.cursor - removed)
         if self.tail.start_time is None and seconds is not None:
             self.tail.start_time = seconds  # the pod's commit point: where the next frame starts, to a frame
-        return [p.ack(self.commit, self.commit, max(self.committed_seconds, self.commit_time))]
+        return True
 
     @property
     def commit_time(self) -> float:
@@ -272,3 +330,8 @@ class RelayState:
         self.pin_changed = False
         self.pin = replace(self.pin, seg_base=self.leg.seg_base)
         return self.pin
+
+
+def ack_text(commit: int, seconds: float) -> str:
+    """`p.encode(p.ack(commit, commit, seconds))`, formatted directly (the same text, byte for byte)."""
+    return f'{{"type":"ack","seq":{commit},"committed_seq":{commit},"committed_seconds":{round(float(seconds), 3)!r}}}'

@@ -7,7 +7,11 @@ replicas) or a WhisperLive opening (`uid`; placed, then relayed as is). The
 API key is checked before any pod is touched. SIGTERM drains: /readyz turns
 503, new sessions are refused with 1013, sessions continue until they end or
 `drain_timeout_seconds` passes; the rest are told to resume (close 1012)
-while their pods keep them.
+while their pods keep them. /readyz is the router's own health: it serves,
+it does not drain, and it knows a pod that takes sessions (or it has just
+started: sessions queue meanwhile); one slow round of pod polls does not
+change it (pool.py). With `--workers` above 1, workers.py runs this server in
+several processes on one port.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import dataclasses
 import http
 import json
 import logging
+import os
 import signal
 import socket
 import time
@@ -30,10 +35,10 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
-from stt_router import apikeys
+from stt_router import apikeys, workers
 from stt_router.apikeys import ApiKeys, AuthError, KeyLimits, Principal
 from stt_router.discovery import static_targets
-from stt_router.metrics import RouterMetrics
+from stt_router.metrics import RouterMetrics, watch_event_loop_lag
 from stt_router.placement import PodView
 from stt_router.pool import Pool
 from stt_router.queue import QueueFull, SessionQueue
@@ -66,13 +71,15 @@ class Ticket:
 
 
 class RouterServer:
-    def __init__(self, settings: RouterSettings):
+    def __init__(self, settings: RouterSettings, *, worker: int = 0, reuse_port: bool = False):
         settings.validate()
         self.settings = settings
         self.router_id = settings.router_id or socket.gethostname()
+        self.worker = worker  # index among the processes serving this port (0: the only one, or their parent)
+        self.reuse_port = reuse_port
         self.metrics = RouterMetrics()
         self.pool = Pool(settings.placement, settings.status_interval_seconds, settings.status_timeout_seconds,
-                         self._dispatch)
+                         self._dispatch, failure_threshold=settings.status_failure_threshold)
         self.queue = SessionQueue(settings.max_queue, settings.max_queue_wait_seconds)
         anonymous = Principal("anonymous", settings.anonymous_max_sessions, settings.anonymous_priority, True) \
             if settings.anonymous else None
@@ -88,6 +95,8 @@ class RouterServer:
         self._tasks: list[asyncio.Task] = []
         self._watcher = None
         self._stopped = asyncio.Event()
+        self._started: float | None = None  # time.monotonic() when it began to serve
+        self._on_signal_hook: Callable[[int], None] | None = None
 
     # --- lifecycle
 
@@ -95,6 +104,11 @@ class RouterServer:
         s = self.settings
         if s.discover == "static":
             self.pool.set_targets(static_targets(s.pod_urls()))
+        elif s.discover == "kubernetes-pods":
+            from stt_router.podwatch import PodWatcher
+
+            self._watcher = PodWatcher.from_cluster(s.namespace, s.selector, s.pod_port, self.pool.set_targets)
+            self._tasks.append(asyncio.create_task(self._watcher.run()))
         else:
             from stt_router.endpointslices import EndpointSliceWatcher
 
@@ -103,6 +117,7 @@ class RouterServer:
             self._tasks.append(asyncio.create_task(self._watcher.run()))
         await self.pool.poll_all()
         self._tasks.append(asyncio.create_task(self.pool.run()))
+        self._tasks.append(asyncio.create_task(watch_event_loop_lag(self.metrics.event_loop_lag)))
         self.server = await serve(
             self._handle, s.host, s.port,
             process_request=self._process_request,
@@ -110,7 +125,9 @@ class RouterServer:
             ping_interval=20, ping_timeout=20,
             compression=None,
             server_header="voxfleet-router",
+            reuse_port=self.reuse_port or None,
         )
+        self._started = time.monotonic()
         self.metrics.ready.set(1)
         log.info("router %s listening on %s; %d pods known, %d ready; placement %s", self.router_id,
                  ", ".join(self.urls), len(self.pool.pods), self.pool.ready_pods, s.placement)
@@ -121,14 +138,23 @@ class RouterServer:
             return []
         return [f"ws://{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in self.server.sockets]
 
-    async def run_until_stopped(self) -> None:
+    @property
+    def port(self) -> int:
+        """The port it serves (the one picked, for port 0)."""
+        return self.server.sockets[0].getsockname()[1] if self.server and self.server.sockets else self.settings.port
+
+    async def run_until_stopped(self, on_signal: Callable[[int], None] | None = None) -> None:
+        """Serve until stopped; SIGTERM or SIGINT drains, a second one stops at once. `on_signal` hears each first."""
         loop = asyncio.get_running_loop()
+        self._on_signal_hook = on_signal
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal)
+            loop.add_signal_handler(sig, self._on_signal, sig)
         await self._stopped.wait()
 
-    def _on_signal(self) -> None:
+    def _on_signal(self, sig: int = signal.SIGTERM) -> None:
         loop = asyncio.get_running_loop()
+        if self._on_signal_hook is not None:
+            self._on_signal_hook(sig)
         if not self.draining:
             log.info("drain requested: refusing new sessions, %d active, %d queued", len(self.relays), len(self.queue))
             loop.create_task(self.drain())
@@ -475,6 +501,8 @@ class RouterServer:
     def status(self) -> dict:
         return {
             "router": self.router_id,
+            "worker": self.worker,
+            "pid": os.getpid(),
             "ready": self.is_ready,
             "draining": self.draining,
             "sessions": len(self.relays) + len(self.whisperlive),
@@ -491,7 +519,19 @@ class RouterServer:
 
     @property
     def is_ready(self) -> bool:
-        return not self.draining and self.pool.ready_pods > 0
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz says 503, or None: ready. The router's own state, not one round of pod polls."""
+        if self.draining:
+            return "draining"
+        if self.server is None or self._started is None or not self.server.is_serving():
+            return "not serving"
+        if self.pool.ready_pods > 0:
+            return None
+        if time.monotonic() - self._started < self.settings.startup_grace_seconds:
+            return None  # just started: pods may still be warming; sessions queue
+        return "no ready pod"
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?")[0]
@@ -502,12 +542,14 @@ class RouterServer:
         if path == "/healthz":
             return _respond(http.HTTPStatus.OK, "ok\n")
         if path == "/readyz":
-            if self.is_ready:
+            reason = self.not_ready_reason()
+            if reason is None:
                 return _respond(http.HTTPStatus.OK, "ready\n")
-            reason = "draining" if self.draining else "no ready pod"
             return _respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n")
         if path == "/metrics":
             self._update_gauges()
+            self.metrics.ready.set(1 if self.is_ready else 0)
+            self.metrics.replay_bytes.set(sum(relay.state.tail.nbytes for relay in self.relays.values()))
             return _respond(http.HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/status":
             return _respond(http.HTTPStatus.OK, json.dumps(self.status()) + "\n", "application/json")
@@ -522,6 +564,11 @@ def _respond(status: http.HTTPStatus, body: str | bytes, content_type: str = "te
 
 
 async def run_router(settings: RouterSettings) -> None:
-    router = RouterServer(settings)
+    if settings.workers > 1:
+        return await workers.run_with_workers(settings)
+    index = workers.worker_index()
+    if index:
+        workers.die_with_parent()
+    router = RouterServer(settings, worker=index, reuse_port=index > 0)
     await router.start()
     await router.run_until_stopped()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from voxfleet.settings import setting
 
 ENV_PREFIX = "VOXFLEET_ROUTER_"
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -21,17 +22,23 @@ class RouterSettings:
     host: str = setting("127.0.0.1", "address to bind (HTTP and WebSocket share it)")
     port: int = setting(8765, "port to bind; 0 picks a free one")
     router_id: str = setting("", "identity of this replica in logs; default: host name")
+    workers: int = setting(1, "processes serving the port (SO_REUSEPORT, Linux), one core each; every worker has its own "
+                              "sessions, queue, per-key limits and /metrics")
 
     # --- where the pods are
     pods: str = setting("", "static pod list, comma-separated ws:// URLs; list order is the ordinal")
-    discover: str = setting("static", "where pods come from", choices=("static", "kubernetes"))
+    discover: str = setting("static", "where pods come from: a static list, the EndpointSlices of their Service "
+                                      "(kubernetes), or the Pods themselves (kubernetes-pods)",
+                            choices=("static", "kubernetes", "kubernetes-pods"))
     namespace: str = setting("", "Kubernetes namespace to watch; default: the router's own")
     selector: str = setting("app.kubernetes.io/component=stt-pod",
-                            "label selector of the pods' Service (its EndpointSlices carry it as kubernetes.io/service-name or labels)")
+                            "label selector of the pods (kubernetes-pods), or of their Service's EndpointSlices (kubernetes)")
     service_name: str = setting("", "watch the EndpointSlices of this Service (kubernetes.io/service-name); overrides --selector")
     pod_port: int = setting(8765, "port of the pods (Kubernetes discovery; a named port 'ws' wins)")
     status_interval_seconds: float = setting(1.0, "how often each pod's /status is polled")
-    status_timeout_seconds: float = setting(2.0, "a /status poll slower than this marks the pod unreachable")
+    status_timeout_seconds: float = setting(2.0, "a /status poll slower than this has failed")
+    status_failure_threshold: int = setting(3, "consecutive failed /status polls after which a pod is unreachable "
+                                               "(a pod whose session connection dies is unreachable at once)")
 
     # --- placement and the queue
     placement: str = setting("pack", "pack: lowest-ordinal pod with a free slot (empties high ordinals); spread: least loaded",
@@ -52,13 +59,17 @@ class RouterSettings:
 
     # --- relay and failover
     max_frame_bytes: int = setting(1 << 20, "largest WebSocket message from a client; larger closes with 1009")
-    max_replay_seconds: float = setting(30.0, "uncommitted audio kept per session for failover; when full the client is held back")
-    max_replay_bytes: int = setting(8 << 20, "the same bound in bytes, whatever the audio format")
+    max_replay_seconds: float = setting(30.0, "uncommitted audio kept per session for failover (2x a pod's longest "
+                                              "decode window); when full the client is held back")
+    max_replay_bytes: int = setting(8 << 20, "the same bound in bytes, whatever the audio format (30 s of 16 kHz pcm16 "
+                                             "is 0.92 MiB); worst-case replay memory is sessions x this")
     max_failovers: int = setting(3, "most times one session moves to another pod")
     pod_connect_timeout_seconds: float = setting(5.0, "connecting to a pod and getting its 'ready'")
     start_timeout_seconds: float = setting(10.0, "time a new connection has to send its first message")
 
     # --- lifecycle
+    startup_grace_seconds: float = setting(30.0, "after start, /readyz says ready even before any pod is ready "
+                                                 "(sessions queue meanwhile)")
     drain_timeout_seconds: float = setting(300.0, "on SIGTERM, how long active sessions may continue before they are told to resume elsewhere")
     log_level: str = setting("info", "logging level", choices=("debug", "info", "warning", "error"))
 
@@ -75,6 +86,10 @@ class RouterSettings:
             raise ValueError("queue bounds must not be negative")
         if self.max_replay_seconds <= 0 or self.max_replay_bytes <= 0:
             raise ValueError("the replay bounds must be positive")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
+        if self.status_failure_threshold < 1:
+            raise ValueError("--status-failure-threshold must be at least 1")
 
     def pod_urls(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.pods.split(",") if u.strip()]

@@ -353,6 +353,77 @@ async def test_forged_altered_and_expired_tokens_are_refused(pod, router_factory
     assert code == 1008 and messages[0]["code"] in ("invalid_token", "unknown_session"), messages
 
 
+# --- several worker processes on one port -------------------------------------------
+
+
+def worker_statuses(server, want: int = 2, tries: int = 200) -> dict[int, dict]:
+    """/status of each worker: every request is a new connection, which the kernel hands to any worker."""
+    seen: dict[int, dict] = {}
+    for _ in range(tries):
+        s = status(server)
+        seen[s["worker"]] = s
+        if len(seen) == want:
+            break
+    return seen
+
+
+def holder(server) -> int | None:
+    """The worker relaying the one session open (None: none holds it)."""
+    held = [w for w, s in worker_statuses(server).items() if s["sessions"]]
+    assert len(held) <= 1, held
+    return held[0] if held else None
+
+
+async def open_native(url: str, first: str) -> tuple[object, dict]:
+    ws = await connect(url, max_size=None)
+    await ws.send(first)
+    return ws, json.loads(await asyncio.wait_for(ws.recv(), 30))
+
+
+async def test_two_workers_share_the_port_and_verify_each_others_tokens(pod, router_factory):
+    router = router_factory([pod], "--anonymous", "--workers", "2")  # no --token-secrets: the parent makes one
+    seen = worker_statuses(router)
+    assert sorted(seen) == [0, 1], seen
+    assert seen[0]["pid"] == router.process.pid != seen[1]["pid"]
+    assert all(s["ready"] for s in seen.values())
+
+    sample = bundled_sample()
+
+    async def text() -> str:
+        return " ".join([r.text async for r in transcribe(router.url, sample) if r.final])
+
+    for result in await asyncio.gather(text(), text()):  # two clients at once through the one port
+        assert "sample" in result.lower(), result
+
+    # A session, resumed (its client lost each time) until a resume lands on the worker that did not issue
+    # the token it presents: that worker verified the other's signature and reached the pod session.
+    ws, ready = await open_native(router.url, start())
+    assert ready["type"] == "ready", ready
+    await until(lambda: holder(router) is not None, 30, "a worker holds the session")
+    issuer = holder(router)
+    crossed = False
+    for _ in range(30):
+        ws.transport.abort()
+        await until(lambda: holder(router) is None, 30, "the worker sees its client lost")
+        resume = p.encode(p.resume_message(p.Resume(ready["resume_token"])))
+        ws, ready = await open_native(router.url, resume)
+        assert ready["type"] == "ready" and ready["resumed"], ready
+        await until(lambda: holder(router) is not None, 30, "a worker holds the resumed session")
+        now = holder(router)
+        if now != issuer:
+            crossed = True
+            break
+        issuer = now
+    assert crossed, "every resume landed on the worker that issued the token"
+    await release(ws)
+    await until_idle([pod])
+
+    worker_pid = seen[1]["pid"]
+    assert router.stop() == 0, router.log_text()  # SIGTERM to the parent drains both
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
+
+
 # --- access --------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""The pool: discovery membership, /status polling over loopback HTTP, lost and refusing pods."""
+"""The pool: discovery membership, /status polling over loopback HTTP, lost and refusing pods, failure threshold."""
 
 from __future__ import annotations
 
@@ -11,11 +11,22 @@ from stt_router.discovery import Target
 from stt_router.pool import Pool, get_json
 
 
-async def status_server(status: dict):
-    """A stand-in pod that answers GET /status with `status` (mutable)."""
+async def status_server(status: dict, mode: dict | None = None):
+    """A stand-in pod that answers GET /status with `status` (mutable); `mode["answer"]`: "ok", "error" (503) or
+    "hang" (never answers: a poll that times out, as when the router itself is seconds behind)."""
+    mode = mode if mode is not None else {"answer": "ok"}
 
     async def handle(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
+        if mode["answer"] == "hang":
+            await reader.read()  # until the poller gives up and closes
+            writer.close()
+            return
+        if mode["answer"] == "error":
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
         body = json.dumps(status).encode()
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                      b"Connection: close\r\n\r\n%s" % (len(body), body))
@@ -57,8 +68,66 @@ async def test_unreachable_and_lost_pods_get_nothing():
         assert pool.choose() is not None
         pool.refused("p-0", draining=False)
         assert pool.choose() is None
-    await pool.poll_all()  # the server is gone
+    for _ in range(3):  # the server is gone: unreachable after the third failed poll in a row
+        assert pool.get("p-0").reachable
+        await pool.poll_all()
     assert not pool.get("p-0").reachable
+
+
+async def test_a_pod_is_unreachable_only_after_consecutive_failed_polls():
+    mode = {"answer": "ok"}
+    server, port = await status_server({"ready": True, "capacity": 2, "active_sessions": 0}, mode)
+    pool = Pool("pack", 1.0, 0.05, failure_threshold=3)
+    async with server:
+        pool.set_targets([Target("p-0", f"ws://127.0.0.1:{port}", 0)])
+        await pool.poll_all()
+        pod = pool.get("p-0")
+        assert pod.eligible
+        for answer in ("hang", "error"):  # two failed rounds: timed out, then refused; it still takes sessions
+            mode["answer"] = answer
+            await pool.poll_all()
+            assert pod.eligible and pool.choose() is pod and pool.ready_pods == 1
+        assert pod.failed_polls == 2
+        mode["answer"] = "ok"  # an answer resets the count
+        await pool.poll_all()
+        assert pod.failed_polls == 0
+        mode["answer"] = "hang"
+        for _ in range(2):
+            await pool.poll_all()
+            assert pod.eligible
+        await pool.poll_all()  # the third in a row
+        assert not pod.reachable and pool.choose() is None and pool.ready_pods == 0
+        await pool.poll_all()  # and it stays so while polls fail
+        assert not pod.reachable
+        mode["answer"] = "ok"
+        await pool.poll_all()
+        assert pod.eligible
+
+
+async def test_a_lost_connection_makes_a_pod_unreachable_at_once_whatever_the_threshold():
+    server, port = await status_server({"ready": True, "capacity": 2, "active_sessions": 0})
+    pool = Pool("pack", 1.0, 2.0, failure_threshold=5)
+    async with server:
+        pool.set_targets([Target("p-0", f"ws://127.0.0.1:{port}", 0)])
+        await pool.poll_all()
+        pool.lost("p-0")
+        assert not pool.get("p-0").reachable and pool.choose() is None
+
+
+async def test_a_threshold_of_one_is_the_old_behaviour():
+    pool = Pool("pack", 1.0, 2.0, failure_threshold=1)
+    pool.set_targets([Target("p-0", f"ws://127.0.0.1:{_closed_port()}", 0)])
+    pool.get("p-0").report(ready=True, draining=False, capacity=1, active=0)
+    await pool.poll_all()
+    assert not pool.get("p-0").reachable
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def test_membership_follows_discovery():

@@ -188,3 +188,54 @@ def test_a_resumed_session_keeps_the_pods_numbering_and_refills_its_tail():
     assert s.on_pod_message(p.ack(19, 12, 1.3)) == [p.ack(32, 32, 3.3)]  # pod time 1.3 is session time 3.3
     assert s.tail.start_time == pytest.approx(3.3)
     assert s.on_pod_message(final(2, "x", 1.5, 1.8))[0] == final(4, "x", 3.5, 3.8)
+
+
+# --- the per-frame fast paths: the same results as the general ones
+
+
+def test_pod_acks_are_translated_without_json_exactly_as_the_general_path():
+    fast, slow = state(), state()
+    for s in (fast, slow):
+        feed(s, 0, 49)
+        send_all(s)
+    acks = [p.ack(9, 4, 0.52), p.ack(9, 4, 0.52), p.ack(19, 19, 2.0), p.ack(29, 21, 2.2000000001), p.ack(49, 49, 5)]
+    for ack in acks:
+        assert list(fast.pod_text(p.encode(ack))) == [p.encode(m) for m in slow.on_pod_message(ack)]
+    assert (fast.commit, fast.committed_seconds, len(fast.tail)) == (slow.commit, slow.committed_seconds, len(slow.tail))
+    # after a failover the fast path shifts numbers and times the same way
+    for s in (fast, slow):
+        s.fail_over("pod-1", "ws://127.0.0.1:9001")
+        feed(s, 50, 59)
+        send_all(s)
+    ack = p.ack(9, 4, 0.5)
+    assert list(fast.pod_text(p.encode(ack))) == [p.encode(m) for m in slow.on_pod_message(ack)] == [p.encode(p.ack(54, 54, 5.5))]
+
+
+def test_messages_the_fast_path_does_not_recognise_take_the_json_path():
+    s = state()
+    feed(s, 0, 9)
+    spaced = '{"type": "ack", "seq": 9, "committed_seq": 4, "committed_seconds": 0.5}'  # json.dumps' default spacing
+    assert list(s.pod_text(spaced)) == [p.encode(p.ack(4, 4, 0.5))]
+    assert list(s.pod_text(p.encode(p.partial("hi", 0.1, 0.2)))) == [p.encode(p.partial("hi", 0.1, 0.2))]
+    for bad in ("{not json", "[1, 2]"):
+        with pytest.raises(ValueError):
+            s.pod_text(bad)
+
+
+def test_a_frame_goes_to_the_first_pod_as_the_client_sent_it():
+    s = state()
+    message = p.pack_frame(0, FRAME)
+    frame = s.accept_message(message, 0.0)
+    assert frame.data is message and s.next_to_send() is frame
+    assert s.pod_frame(frame) is message  # no copy, no repacking
+    assert s.accept_message(p.pack_frame(0, FRAME), 0.0) is None  # a repeat
+    with pytest.raises(p.ProtocolError):
+        s.accept_message(b"\x00\x01", 0.0)
+    assert s.tail.nbytes == len(FRAME) and s.tail.seconds == pytest.approx(0.1)
+    s.fail_over("pod-1", "ws://127.0.0.1:9001")
+    s.on_pod_message(p.ack(0, 0, 0.1))
+    s.accept_message(p.pack_frame(1, FRAME), 0.0)
+    s.accept_message(p.pack_frame(2, FRAME), 0.0)
+    s.fail_over("pod-2", "ws://127.0.0.1:9002")  # commit 0: base 1
+    assert send_all(s) == [0, 1]
+    assert bytes(p.unpack_frame(s.pod_frame(s.tail.frames[1]))[1]) == FRAME

@@ -52,3 +52,13 @@ def test_kubernetes_discovery_needs_no_static_list():
 def test_bad_environment_values_are_refused():
     with pytest.raises(ValueError):
         parse([], {"VOXFLEET_ROUTER_PLACEMENT": "random"})
+
+
+def test_workers_and_the_poll_failure_threshold():
+    s = parse([], {"VOXFLEET_ROUTER_WORKERS": "4", "VOXFLEET_ROUTER_PODS": "ws://127.0.0.1:9000",
+                   "VOXFLEET_ROUTER_ANONYMOUS": "1"})
+    assert (s.workers, s.status_failure_threshold) == (4, 3)
+    s.validate()
+    for bad in ({"workers": 0}, {"status_failure_threshold": 0}):
+        with pytest.raises(ValueError):
+            RouterSettings(pods="ws://127.0.0.1:9000", anonymous=True, **bad).validate()
