@@ -170,7 +170,7 @@ class Fleet:
     def cpu_groups(self, generator: loadgen.Generator) -> dict[str, list[int]]:
         groups = {"pods": [p.pid for p in self.pods], "generator": generator.pids, "bench": [os.getpid()]}
         if self.router is not None:
-            groups["router"] = [self.router.pid]
+            groups["router"] = [self.router.pid, *meter.children_of(self.router.pid)]  # --workers K
         if self.nginx is not None:
             groups["nginx"] = servers.nginx_pids(self.nginx)
         return groups
