@@ -19,7 +19,6 @@ import socket
 import time
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -32,6 +31,7 @@ from stt_pod.settings import PodSettings
 from stt_pod.stream import SessionStream, StreamConfig
 from stt_pod.vad import StreamingVad
 from voxfleet import protocol as p
+from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, respond
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
 from voxfleet.tokens import InvalidToken, TokenSigner
 
@@ -256,27 +256,20 @@ class PodServer:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             if request.path.split("?")[0] in ("/", "/v1/stream"):
                 return None
-            return _respond(http.HTTPStatus.NOT_FOUND, "no WebSocket endpoint here; connect to /\n")
+            return respond(http.HTTPStatus.NOT_FOUND, "no WebSocket endpoint here; connect to /\n")
         path = request.path.split("?")[0]
         if path == "/healthz":
-            return _respond(http.HTTPStatus.OK, "ok\n")
+            return respond(http.HTTPStatus.OK, "ok\n")
         if path == "/readyz":
             if self.ready and not self.draining:
-                return _respond(http.HTTPStatus.OK, "ready\n")
+                return respond(http.HTTPStatus.OK, "ready\n")
             reason = "draining" if self.draining else "loading model"
-            return _respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n")
+            return respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n")
         if path == "/metrics":
-            return _respond(http.HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+            return respond(http.HTTPStatus.OK, self.metrics.render(), METRICS_CONTENT_TYPE)
         if path == "/status":
-            return _respond(http.HTTPStatus.OK, json.dumps(self.status()) + "\n", "application/json")
-        return _respond(http.HTTPStatus.NOT_FOUND,
-                        "not found: try /healthz, /readyz, /metrics, /status, or a WebSocket on /\n")
-
-
-def _respond(status: http.HTTPStatus, body: str | bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
-    data = body.encode() if isinstance(body, str) else body
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))), ("Connection", "close")])
-    return Response(status.value, status.phrase, headers, data)
+            return respond(http.HTTPStatus.OK, json.dumps(self.status()) + "\n", "application/json")
+        return respond(http.HTTPStatus.NOT_FOUND, NOT_FOUND)
 
 
 async def run_pod(settings: PodSettings) -> None:

@@ -31,7 +31,6 @@ from typing import Awaitable, Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
@@ -47,6 +46,7 @@ from stt_router.replay import RelayState
 from stt_router.settings import RouterSettings
 from stt_router.tokens import InvalidToken, Pin, RouterTokens, signer_for
 from voxfleet import protocol as p
+from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, respond
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -538,29 +538,22 @@ class RouterServer:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             if path in ("/", "/v1/stream"):
                 return None
-            return _respond(http.HTTPStatus.NOT_FOUND, "no WebSocket endpoint here; connect to /\n")
+            return respond(http.HTTPStatus.NOT_FOUND, "no WebSocket endpoint here; connect to /\n")
         if path == "/healthz":
-            return _respond(http.HTTPStatus.OK, "ok\n")
+            return respond(http.HTTPStatus.OK, "ok\n")
         if path == "/readyz":
             reason = self.not_ready_reason()
             if reason is None:
-                return _respond(http.HTTPStatus.OK, "ready\n")
-            return _respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n")
+                return respond(http.HTTPStatus.OK, "ready\n")
+            return respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n")
         if path == "/metrics":
             self._update_gauges()
             self.metrics.ready.set(1 if self.is_ready else 0)
             self.metrics.replay_bytes.set(sum(relay.state.tail.nbytes for relay in self.relays.values()))
-            return _respond(http.HTTPStatus.OK, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+            return respond(http.HTTPStatus.OK, self.metrics.render(), METRICS_CONTENT_TYPE)
         if path == "/status":
-            return _respond(http.HTTPStatus.OK, json.dumps(self.status()) + "\n", "application/json")
-        return _respond(http.HTTPStatus.NOT_FOUND,
-                        "not found: try /healthz, /readyz, /metrics, /status, or a WebSocket on /\n")
-
-
-def _respond(status: http.HTTPStatus, body: str | bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
-    data = body.encode() if isinstance(body, str) else body
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))), ("Connection", "close")])
-    return Response(status.value, status.phrase, headers, data)
+            return respond(http.HTTPStatus.OK, json.dumps(self.status()) + "\n", "application/json")
+        return respond(http.HTTPStatus.NOT_FOUND, NOT_FOUND)
 
 
 async def run_router(settings: RouterSettings) -> None:

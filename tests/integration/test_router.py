@@ -356,14 +356,17 @@ async def test_forged_altered_and_expired_tokens_are_refused(pod, router_factory
 # --- several worker processes on one port -------------------------------------------
 
 
-def worker_statuses(server, want: int = 2, tries: int = 200) -> dict[int, dict]:
-    """/status of each worker: every request is a new connection, which the kernel hands to any worker."""
+def worker_statuses(server, want: int = 2, tries: int = 400) -> dict[int, dict]:
+    """/status of each worker: every request is a new connection, which the kernel hands to any worker.
+
+    A worker the parent started may still be loading when the parent is ready: keep asking a while."""
     seen: dict[int, dict] = {}
     for _ in range(tries):
         s = status(server)
         seen[s["worker"]] = s
         if len(seen) == want:
             break
+        time.sleep(0.05)
     return seen
 
 

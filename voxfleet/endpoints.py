@@ -1,0 +1,22 @@
+"""The plain-HTTP side of a voxfleet port: probes, metrics and status beside the WebSocket.
+
+Pods and routers answer /healthz, /readyz, /metrics and /status on the port
+their WebSocket clients use (websockets' `process_request`), so a probe or a
+scrape needs no second listener. This is the one way they build those answers.
+"""
+
+from __future__ import annotations
+
+import http
+
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+NOT_FOUND = "not found: try /healthz, /readyz, /metrics, /status, or a WebSocket on /\n"
+
+
+def respond(status: http.HTTPStatus, body: str | bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
+    data = body.encode() if isinstance(body, str) else body
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))), ("Connection", "close")])
+    return Response(status.value, status.phrase, headers, data)
