@@ -30,16 +30,12 @@ in its namespace.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import threading
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 from stt_router.discovery import Target
-from stt_router.endpointslices import _get, _sanitize, _status, own_namespace
+from stt_router.kubewatch import ListWatcher, _get
 from stt_router.placement import ordinal_of
 
-log = logging.getLogger(__name__)
 
 FINISHED_PHASES = ("Succeeded", "Failed")
 # Set by the operator's autoscaler (stt_operator.autoscaler.DRAINING_ANNOTATION; a unit
@@ -87,114 +83,13 @@ def targets_from_pods(pods: Iterable[dict], default_port: int, scheme: str = "ws
     return sorted(targets, key=lambda t: (t.ordinal, t.name))
 
 
-class PodWatcher:
+class PodWatcher(ListWatcher):
     """Lists and watches Pods; calls `on_targets(list[Target])` on the loop."""
 
-    def __init__(self, api: Any, namespace: str, label_selector: str, default_port: int,
-                 on_targets: Callable[[list[Target]], None], watch_factory: Callable[[], Any],
-                 to_dict: Callable[[Any], dict] | None = None, backoff: float = 1.0, max_backoff: float = 30.0,
-                 watch_timeout: int = 60):
-        self.api = api
-        self.namespace = namespace
-        self.label_selector = label_selector
-        self.default_port = default_port
-        self.on_targets = on_targets
-        self.watch_factory = watch_factory
-        self.to_dict = to_dict or (lambda o: o if isinstance(o, dict) else _sanitize(api, o))
-        self.backoff, self.max_backoff, self.watch_timeout = backoff, max_backoff, watch_timeout
-        self._pods: dict[str, dict] = {}
-        self._last: list[Target] | None = None
-        self._stop = threading.Event()
-        self._watch: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+    kind = "pod"
+    api_class = "CoreV1Api"
+    list_method = "list_namespaced_pod"
+    dedupe = True  # most pod updates change nothing the router sees
 
-    @classmethod
-    def from_cluster(cls, namespace: str, label_selector: str, default_port: int,
-                     on_targets: Callable[[list[Target]], None]) -> "PodWatcher":
-        try:
-            import kubernetes
-        except ImportError:
-            raise RuntimeError("Kubernetes discovery needs the kubernetes client: pip install 'voxfleet[k8s]'") from None
-        try:
-            kubernetes.config.load_incluster_config()
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
-        api = kubernetes.client.CoreV1Api()
-        return cls(api, namespace or own_namespace(), label_selector, default_port, on_targets, kubernetes.watch.Watch)
-
-    async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        try:
-            await asyncio.to_thread(self._run_blocking)
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        watch = self._watch
-        if watch is not None and hasattr(watch, "stop"):
-            watch.stop()
-
-    # --- worker thread
-
-    def _run_blocking(self) -> None:
-        delay = self.backoff
-        version: str | None = None
-        while not self._stop.is_set():
-            try:
-                if version is None:
-                    version = self._list()
-                version = self._watch_from(version)
-                delay = self.backoff
-            except Exception as exc:  # the API server went away, or an expired version: list again
-                if _status(exc) == 410:
-                    log.info("pod watch expired; listing again")
-                else:
-                    log.warning("pod watch failed (%s); retrying in %.0f s", exc, delay)
-                    self._stop.wait(delay)
-                    delay = min(self.max_backoff, delay * 2)
-                version = None
-
-    def _list(self) -> str | None:
-        result = self.api.list_namespaced_pod(self.namespace, label_selector=self.label_selector)
-        self._pods = {}
-        for item in _get(result, "items", default=[]) or []:
-            obj = self.to_dict(item)
-            self._pods[_get(obj, "metadata", "name")] = obj
-        self._publish(force=True)
-        return _get(result, "metadata", "resource_version") or _get(result, "metadata", "resourceVersion")
-
-    def _watch_from(self, version: str | None) -> str | None:
-        self._watch = self.watch_factory()
-        kwargs: dict[str, Any] = {"label_selector": self.label_selector, "timeout_seconds": self.watch_timeout}
-        if version:
-            kwargs["resource_version"] = version
-        for event in self._watch.stream(self.api.list_namespaced_pod, self.namespace, **kwargs):
-            if self._stop.is_set():
-                break
-            kind = _get(event, "type")
-            obj = self.to_dict(_get(event, "object"))
-            if kind == "ERROR":
-                if _get(obj, "code") == 410:
-                    return None
-                raise RuntimeError(f"watch error: {_get(obj, 'message')}")
-            name = _get(obj, "metadata", "name")
-            version = _get(obj, "metadata", "resourceVersion") or version
-            if kind == "DELETED":
-                self._pods.pop(name, None)
-            elif kind in ("ADDED", "MODIFIED"):
-                self._pods[name] = obj
-            else:
-                continue
-            self._publish()
-        return version
-
-    def _publish(self, force: bool = False) -> None:
-        targets = targets_from_pods(list(self._pods.values()), self.default_port)
-        if targets == self._last and not force:
-            return  # a pod's status changed in a way the router does not see (most updates)
-        self._last = targets
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.on_targets, targets)
-        else:
-            self.on_targets(targets)
+    def targets(self, objects: list[dict]) -> list[Target]:
+        return targets_from_pods(objects, self.default_port)

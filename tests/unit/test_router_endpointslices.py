@@ -145,7 +145,7 @@ async def test_watcher_backs_off_on_errors_and_stops():
 
 def test_the_real_clients_objects_translate_the_same():
     k8s = pytest.importorskip("kubernetes")
-    from stt_router.endpointslices import _sanitize
+    from stt_router.kubewatch import _sanitize
 
     m = k8s.client
     obj = m.V1EndpointSlice(
