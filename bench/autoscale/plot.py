@@ -24,8 +24,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-START, END = "<!-- autoscale-bench:start -->", "<!-- autoscale-bench:end -->"
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repository root, for bench.common
+
+from bench.common.docsection import markers, replace_section  # noqa: E402
+from bench.common.provenance import REPO  # noqa: E402
+
+START, END = markers("autoscale-bench")
 LABELS = {"static-peak": "static (peak)", "hpa-like": "HPA-like", "keda-like": "KEDA-like", "voxfleet": "voxfleet"}
 COLORS = {"static-peak": "#7f7f7f", "hpa-like": "#1f77b4", "keda-like": "#9467bd", "voxfleet": "#d62728"}
 SCENARIO_TEXT = {
@@ -333,15 +337,7 @@ def section(results: dict, images: dict[str, Path], docs: Path, results_path: Pa
 
 def update_docs(docs: Path, text: str) -> None:
     """Replace only our marked section; re-read the file right before writing."""
-    current = docs.read_text() if docs.exists() else "# Benchmarks\n"
-    block = f"{START}\n{text}\n{END}"
-    if START in current and END in current and current.index(START) < current.index(END):
-        head, rest = current.split(START, 1)
-        _, tail = rest.split(END, 1)
-        new = head + block + tail
-    else:
-        new = current.rstrip("\n") + "\n\n" + block + "\n"
-    docs.write_text(new)
+    replace_section(docs, START, END, f"{START}\n{text}\n{END}", "# Benchmarks\n")
 
 
 def main(argv: list[str] | None = None) -> int:

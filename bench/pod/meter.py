@@ -1,38 +1,17 @@
 """What the benchmark reads from the machine and the server, not from the streams.
 
-CPU comes from /proc (a process's utime+stime, the whole machine's busy
-time), so the numbers need Linux. Pod metrics come from its /metrics page,
-parsed with prometheus_client's own parser. Nothing here changes anything.
+CPU comes from /proc (bench/common/procstat.py: a process's utime+stime, the
+whole machine's busy time), so the numbers need Linux. Pod metrics come from
+its /metrics page, parsed with prometheus_client's own parser. Nothing here changes anything.
 """
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 import urllib.request
 from dataclasses import dataclass
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (not its children), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    # The command name (field 2) may hold spaces; fields after it are plain.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLK_TCK
-
-
-def machine_cpu_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    total = sum(values[:8])  # guest time is already inside user
-    return (total - idle) / CLK_TCK, total / CLK_TCK
+from bench.common.procstat import machine_cpu_seconds, process_cpu_seconds
 
 
 @dataclass
@@ -59,35 +38,6 @@ def cpu_cores(before: CpuSample, after: CpuSample) -> dict[str, float]:
         "client_cores": round(client, 3),
         "machine_cores": round(machine, 3),
         "other_cores": round(max(0.0, machine - server - client), 3),
-    }
-
-
-def machine_info() -> dict:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_kib = 0
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem_kib = int(line.split()[1])
-                    break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model or platform.processor(),
-        "memory_gib": round(mem_kib / 2**20, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repository root, for bench.common
 
 import stats  # noqa: E402
+from bench.common import docsection  # noqa: E402
+from bench.common.provenance import REPO, repo_relative  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 DOCS_INTRO = """# Benchmarks
 
 Every number on this page comes from a script in `bench/` that anyone can rerun;
@@ -38,8 +39,7 @@ COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:b
 
 
 def markers(protocol: str) -> tuple[str, str]:
-    name = "pod-bench" if protocol == "native" else "pod-bench-whisperlive"
-    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    return docsection.markers("pod-bench" if protocol == "native" else "pod-bench-whisperlive")
 
 
 def default_image(protocol: str) -> Path:
@@ -193,7 +193,7 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
         + (f"; `END_OF_AUDIO` after {c['linger_seconds']:g} s without new text" if c.get("linger_seconds") else ""),
         f"- Servers: {servers}",
         f"- Command: `{results['command']}`, then `{plot_command}`",
-        f"- Raw results: `{_rel(results_path)}` (git-ignored; keep it with the figure if you publish one)",
+        f"- Raw results: `{repo_relative(results_path)}` (git-ignored; keep it with the figure if you publish one)",
     ]
     if noisy:
         lines.append(f"- **Warning:** other processes used CPU during {', '.join(noisy)} (cores): these numbers are not clean.")
@@ -211,21 +211,8 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
     return "\n".join(lines)
 
 
-def _rel(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
 def update_docs(docs: Path, protocol: str, text: str) -> None:
-    start, end = markers(protocol)
-    old = docs.read_text() if docs.exists() else DOCS_INTRO
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text, old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(new if new.endswith("\n") else new + "\n")
+    docsection.replace_section(docs, *markers(protocol), text, DOCS_INTRO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,12 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(args.results.read_text())
     out = args.out or default_image(results["protocol"])
     plot(results, out)
-    print(f"wrote {_rel(out)}")
+    print(f"wrote {repo_relative(out)}")
     print(headline_text(results).replace("**", ""))
     if not args.no_docs:
-        command = shlex.join(["python", "bench/pod/plot.py", _rel(args.results), "--out", _rel(out)])
+        command = shlex.join(["python", "bench/pod/plot.py", repo_relative(args.results), "--out", repo_relative(out)])
         update_docs(args.docs, results["protocol"], section(results, out.resolve(), args.docs.resolve(), args.results, command))
-        print(f"updated {_rel(args.docs)} between {' and '.join(markers(results['protocol']))}")
+        print(f"updated {repo_relative(args.docs)} between {' and '.join(markers(results['protocol']))}")
     return 0
 
 

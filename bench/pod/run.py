@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import shlex
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repository root, for bench.common
 
 import meter  # noqa: E402
 import reference  # noqa: E402
@@ -36,6 +35,8 @@ import servers  # noqa: E402
 import stats  # noqa: E402
 import workload  # noqa: E402
 from stats import StreamRecord  # noqa: E402
+from bench.common.provenance import git_state, machine_info  # noqa: E402
+from bench.common.resultfile import save  # noqa: E402
 
 REPO = workload.REPO
 WARMUP_STREAM = 23
@@ -84,16 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         kind = "pod" if args.protocol == "native" else "pod-whisperlive"
         args.out = REPO / "bench" / "results" / f"{kind}-{stamp}.json"
     return args
-
-
-def _git() -> dict:
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def target_info(server: servers.Server) -> dict:
@@ -222,13 +213,6 @@ async def warm_up(server: servers.Server, args: argparse.Namespace) -> str:
     return record.outcome + (f" ({record.detail})" if record.detail else "")
 
 
-def save(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workload.require_speech_tools()
@@ -248,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": args.protocol,
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": shlex.join(["python", "bench/pod/run.py", *(sys.argv[1:] if argv is None else argv)]),
-        "git": _git(),
-        "machine": meter.machine_info(),
+        "git": git_state(),
+        "machine": machine_info(),
         "config": {
             "streams": args.n_values, "seconds_per_stream": args.seconds_per_stream, "cap_factor": args.cap_factor,
             "stagger_seconds": args.stagger_seconds, "rest_seconds": args.rest_seconds,

@@ -8,18 +8,15 @@ PID (for CPU), URL, and, for pods, its HTTP endpoints (/readyz, /metrics,
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from workload import REPO
+from bench.common.processes import ServerProcess, free_port
 
 POD_MODES = {
     "batched": [],  # the pod's default --max-batch 8
@@ -33,20 +30,11 @@ WHISPERLIVE_SCRIPT = REPO / "bench" / "pod" / "whisperlive_server.sh"
 MAX_SESSIONS = 64
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
-class Server:
-    name: str
-    kind: str  # "pod" | "whisperlive"
-    argv: list[str]
-    port: int
-    log_path: Path
-    process: subprocess.Popen | None = None
+class Server(ServerProcess):
+    """A target: a voxfleet pod or a WhisperLive server."""
+
+    kind: str = field(kw_only=True)  # "pod" | "whisperlive"
     info: dict = field(default_factory=dict)
 
     @property
@@ -54,61 +42,35 @@ class Server:
         return f"ws://127.0.0.1:{self.port}"
 
     @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
     def metrics_url(self) -> str | None:
         return f"{self.http}/metrics" if self.kind == "pod" else None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 180.0) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.kind == "pod":
             env.setdefault("VOXFLEET_POD_LOG_LEVEL", "warning")
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self.spawn(env)
         try:
             if self.kind == "pod":
-                _wait_http_ok(f"{self.http}/readyz", timeout, self.process)
-                self.info["status"] = json.loads(_get(f"{self.http}/status"))
+                self.wait_http_ok("/readyz", timeout)
+                status = self.get_json("/status")
+                if status is None:
+                    raise RuntimeError("no /status")
+                self.info["status"] = status
             else:
-                _wait_port(self.port, timeout, self.process)
+                self.wait_port(timeout)
         except Exception:
             tail = self.log_tail()
             self.stop(5)
             raise RuntimeError(f"{self.name} did not become ready:\n{tail}") from None
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return super().stop(timeout)
 
     def status(self) -> dict | None:
         if self.kind != "pod":
             return None
-        try:
-            return json.loads(_get(f"{self.http}/status"))
-        except (OSError, ValueError):
-            return None
+        return self.get_json("/status")
 
     def wait_idle(self, timeout: float) -> bool:
         """Nothing left to do: a pod with no session open and nothing queued (a cut-off session may
@@ -136,13 +98,13 @@ def pod(name: str, extra: list[str], log_dir: Path) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "voxfleet", "pod", "--host", "127.0.0.1", "--port", str(port),
             "--max-sessions", str(MAX_SESSIONS), *extra]
-    return Server(name, "pod", argv, port, log_dir / f"{name}.log")
+    return Server(name, argv, port, log_dir / f"{name}.log", kind="pod")
 
 
 def whisperlive(name: str, extra: list[str], log_dir: Path) -> Server:
     port = free_port()
     argv = ["bash", str(WHISPERLIVE_SCRIPT), "serve", "--port", str(port), "--max-clients", str(MAX_SESSIONS), *extra]
-    return Server(name, "whisperlive", argv, port, log_dir / f"{name}.log")
+    return Server(name, argv, port, log_dir / f"{name}.log", kind="whisperlive")
 
 
 def make(name: str, log_dir: Path) -> Server:
@@ -176,36 +138,3 @@ def pod_settings(extra: list[str]) -> dict:
 def setup_whisperlive() -> None:
     """Create WhisperLive's virtual environment now, not while a server is being timed."""
     subprocess.run(["bash", str(WHISPERLIVE_SCRIPT), "setup"], check=True, cwd=REPO)
-
-
-def _get(url: str, timeout: float = 2.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read().decode()
-
-
-def _wait_http_ok(url: str, timeout: float, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout:g} s")
-
-
-def _wait_port(port: int, timeout: float, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")

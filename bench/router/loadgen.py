@@ -34,7 +34,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import resource
 import sys
 import time
 from array import array
@@ -44,6 +43,7 @@ from multiprocessing.connection import Connection
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import wsframes as wf  # noqa: E402
+from bench.common.processes import raise_open_file_limit  # noqa: E402
 
 EARLY_SECONDS = 0.001
 """A frame due within this much of now is sent now (timer resolution); it is not counted as late."""
@@ -353,16 +353,8 @@ async def run_phase(phase: PhaseSpec, worker: int, wait_go) -> WorkerResult:
 # --- the worker processes ----------------------------------------------------------
 
 
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 1 << 16
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def _worker_main(conn: Connection, worker: int) -> None:
-    raise_fd_limit()
+    raise_open_file_limit()
     while True:
         if not conn.poll(3600):
             return  # the parent is gone or stuck: do not linger

@@ -18,17 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repository root, for bench.common
 
 import stats  # noqa: E402
+from bench.common.docsection import markers, replace_section  # noqa: E402
+from bench.common.provenance import REPO, repo_relative  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-START, END = "<!-- router-bench:start -->", "<!-- router-bench:end -->"
+START, END = markers("router-bench")
 TITLE = "The router: latency added per frame and CPU, against direct and nginx"
 DEFAULT_IMAGE = REPO / "docs" / "img" / "router-latency.png"
 RUN_COMMAND = "python bench/router/run.py --streams 100,500,1000 --seconds 20 --out bench/results/router-<date>.json"
@@ -168,11 +169,6 @@ def verdict_text(results: dict) -> str:
     return text
 
 
-def _rel(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
 def section(results: dict, image: Path, docs: Path, results_path: Path, plot_command: str) -> str:
     m, c, git = results["machine"], results["config"], results.get("git", {})
     srv = results.get("servers", {})
@@ -195,7 +191,7 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
         f"- nginx: {nginx.get('version', '-')}, `worker_processes {nginx.get('workers', '-')}`, "
         "`hash $arg_session consistent` over the same pods (config in the run's log folder)",
         f"- Command: `{results['command']}`, then `{plot_command}`",
-        f"- Raw results: `{_rel(results_path)}` (git-ignored; keep it with the figure if you publish one)",
+        f"- Raw results: `{repo_relative(results_path)}` (git-ignored; keep it with the figure if you publish one)",
         "",
         f"![{TITLE}]({image_rel})",
         "",
@@ -228,14 +224,7 @@ def placeholder() -> str:
 
 def update_docs(docs: Path, text: str) -> None:
     """Replace only our section (append it when missing); the file is read right before it is written."""
-    old = docs.read_text() if docs.exists() else DOCS_INTRO
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text, old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(new if new.endswith("\n") else new + "\n")
+    replace_section(docs, START, END, text, DOCS_INTRO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,18 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.placeholder:
         update_docs(args.docs, placeholder())
-        print(f"updated {_rel(args.docs)} between {START} and {END} (placeholder)")
+        print(f"updated {repo_relative(args.docs)} between {START} and {END} (placeholder)")
         return 0
     if args.results is None:
         ap.error("give a results JSON (or --placeholder)")
     results = json.loads(args.results.read_text())
     plot(results, args.out)
-    print(f"wrote {_rel(args.out)}")
+    print(f"wrote {repo_relative(args.out)}")
     print(verdict_text(results).replace("**", ""))
     if not args.no_docs:
-        command = shlex.join(["python", "bench/router/plot.py", _rel(args.results), "--out", _rel(args.out)])
+        command = shlex.join(["python", "bench/router/plot.py", repo_relative(args.results),
+                              "--out", repo_relative(args.out)])
         update_docs(args.docs, section(results, args.out.resolve(), args.docs.resolve(), args.results, command))
-        print(f"updated {_rel(args.docs)} between {START} and {END}")
+        print(f"updated {repo_relative(args.docs)} between {START} and {END}")
     return 0
 
 

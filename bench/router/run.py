@@ -22,23 +22,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
-import resource
 import shlex
 import signal
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repository root, for bench.common
 
 import loadgen  # noqa: E402
 import meter  # noqa: E402
 import servers  # noqa: E402
 import stats  # noqa: E402
+from bench.common.procstat import children_of  # noqa: E402
+from bench.common.processes import raise_open_file_limit  # noqa: E402
+from bench.common.provenance import git_state, machine_info  # noqa: E402
+from bench.common.resultfile import save  # noqa: E402
 
 REPO = servers.REPO
 PERIOD = 0.1
@@ -92,24 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def raise_fd_limit(needed: int) -> int:
     """Raise this process's open-file limit (its children, the router and pods, inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 1 << 16
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft = raise_open_file_limit()
     if soft < needed:
         print(f"warning: open-file limit {soft} < about {needed} needed; raise `ulimit -Hn`", flush=True)
     return soft
-
-
-def _git() -> dict:
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def router_settings(argv: list[str]) -> dict:
@@ -124,13 +112,6 @@ def router_settings(argv: list[str]) -> dict:
     settings.pop("port", None)
     settings.pop("pods", None)
     return settings
-
-
-def save(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(path)
 
 
 class Fleet:
@@ -160,7 +141,7 @@ class Fleet:
                                        self.log_dir)
             servers.check_nginx_conf(self.nginx)
             self.nginx.launch()
-            servers.wait_port(self.nginx, 30)
+            self.nginx.wait_port(30, interval=0.1)
 
     def port_for(self, path: str, i: int) -> int:
         if path == "direct":
@@ -170,7 +151,7 @@ class Fleet:
     def cpu_groups(self, generator: loadgen.Generator) -> dict[str, list[int]]:
         groups = {"pods": [p.pid for p in self.pods], "generator": generator.pids, "bench": [os.getpid()]}
         if self.router is not None:
-            groups["router"] = [self.router.pid, *meter.children_of(self.router.pid)]  # --workers K
+            groups["router"] = [self.router.pid, *children_of(self.router.pid)]  # --workers K
         if self.nginx is not None:
             groups["nginx"] = servers.nginx_pids(self.nginx)
         return groups
@@ -274,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         "kind": "router-bench",
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": shlex.join(["python", "bench/router/run.py", *(sys.argv[1:] if argv is None else argv)]),
-        "git": _git(),
-        "machine": meter.machine_info(),
+        "git": git_state(),
+        "machine": machine_info(),
         "config": {
             "streams": args.n_values, "seconds": args.seconds, "warmup_seconds": args.warmup_seconds,
             "paths": args.path_list, "pods": args.pods, "workers": args.workers, "placement": args.placement,

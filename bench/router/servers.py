@@ -9,96 +9,32 @@ Every wait here is bounded.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import meter
+from bench.common.procstat import children_of
+from bench.common.processes import ServerProcess, free_port
+from bench.common.provenance import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).resolve().parent / "standin_pod.py"
 STANDIN_CAPACITY = 100_000
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    port: int
-    log_path: Path
+class Proc(ServerProcess):
     env: dict = field(default_factory=dict)
-    process: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def launch(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                            start_new_session=True)
+        self.spawn(dict(os.environ, PYTHONUNBUFFERED="1", **self.env), log_mode="ab", new_session=True)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def wait_http_ok(self, path: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.http + path, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name}: {self.http}{path} not 200 after {timeout:g} s:\n{self.log_tail()}")
-
-    def get_json(self, path: str, timeout: float = 2.0) -> dict | None:
-        try:
-            with urllib.request.urlopen(self.http + path, timeout=timeout) as response:
-                return json.loads(response.read())
-        except (OSError, ValueError):
-            return None
+        return super().stop(timeout)
 
 
 def standin(i: int, log_dir: Path) -> Proc:
@@ -231,24 +167,11 @@ def check_nginx_conf(proc: Proc) -> None:
         raise RuntimeError(f"nginx -t failed:\n{done.stderr}")
 
 
-def wait_port(proc: Proc, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited ({proc.process.returncode}):\n{proc.log_tail()}")
-        try:
-            with socket.create_connection(("127.0.0.1", proc.port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{proc.port} after {timeout:g} s")
-
-
 def nginx_pids(proc: Proc) -> list[int]:
     """nginx's master and its workers (the workers do the proxying)."""
     if proc.pid is None:
         return []
-    return [proc.pid, *meter.children_of(proc.pid)]
+    return [proc.pid, *children_of(proc.pid)]
 
 
 def python_argv_for_docs(argv: list[str], port: int, pod_ports: list[int]) -> str:

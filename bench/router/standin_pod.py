@@ -26,15 +26,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import signal
 import sys
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the repository root, for bench.common
 
 import wsframes as wf  # noqa: E402
+from bench.common.processes import raise_open_file_limit  # noqa: E402
 
 BYTES_PER_SAMPLE = {"pcm16": 2, "float32": 4}
 
@@ -190,14 +191,6 @@ class Connection(asyncio.Protocol):
         asyncio.get_running_loop().call_later(5.0, self.transport.abort)
 
 
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 1 << 16
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 async def serve(host: str, port: int, pod_id: str, capacity: int) -> None:
     pod = StandinPod(pod_id, capacity)
     loop = asyncio.get_running_loop()
@@ -218,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pod-id", default="standin-0", help="name reported on /status")
     ap.add_argument("--capacity", type=int, default=100_000, help="sessions reported as capacity on /status")
     args = ap.parse_args(argv)
-    raise_fd_limit()
+    raise_open_file_limit()
     asyncio.run(serve(args.host, args.port, args.pod_id, args.capacity))
     return 0
 
