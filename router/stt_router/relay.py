@@ -13,6 +13,13 @@ it: no task switch per frame. The switch happens without an await between
 the sender's last check and the flag, so a frame can never overtake one that
 is still to be replayed.
 
+Both readers splice their connections whenever they can (splice.py): then a
+client frame goes to the pod, and a pod message to the client, from inside
+the event loop's read callback, with no websockets message queue, task
+switch or send lock on the way. Flow control is the transports' own: a full
+replay tail holds the client's reading, a client that reads slower than its
+pod talks holds the pod's.
+
 How a leg ends decides what happens next:
 - the pod closed normally (1000, or with an error for bad input): its held
   `end`/`error` go to the client and the client is closed the same way;
@@ -26,8 +33,9 @@ How a leg ends decides what happens next:
 WhisperLive sessions are relayed message for message without failover.
 
 This runs once per audio frame (10 a second per session, thousands a second
-per router): no JSON, no task switch, no metric lock per frame on the common
-path; the relay latency histogram sees one frame in `LATENCY_SAMPLE`.
+per router): no JSON, no task switch, no await, no metric lock per frame on
+the common path; the relay latency histogram sees one frame in
+`LATENCY_SAMPLE`.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from websockets.exceptions import ConnectionClosed
 
 from stt_router.placement import PodView
 from stt_router.replay import RelayState
+from stt_router.splice import PodConnection, RouterServerConnection
 from voxfleet import protocol as p
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
 
@@ -62,9 +71,9 @@ LATENCY_SAMPLE = 16
 Prometheus observation takes a lock, and the distribution does not need every frame."""
 
 
-class ClientGone(Exception):
-    def __init__(self, normal: bool):
-        self.normal = normal
+TAIL_FULL, CLIENT_SLOW, PEER_SLOW = "tail full", "client slow", "peer slow"
+"""Why a relay holds reading: the client (its replay tail is full), the pod (the client does not keep up),
+either side of a WhisperLive session (the other does not keep up)."""
 
 
 def abort(ws: ClientConnection | ServerConnection) -> None:
@@ -75,25 +84,26 @@ def abort(ws: ClientConnection | ServerConnection) -> None:
 
 
 class NativeRelay:
-    def __init__(self, router: "RouterServer", client: ServerConnection, state: RelayState):
+    def __init__(self, router: "RouterServer", client: RouterServerConnection, state: RelayState):
         self.router = router
         self.client = client
         self.state = state
         self.pod: PodView | None = None
-        self.pod_ws: ClientConnection | None = None
+        self.pod_ws: PodConnection | None = None
         self._wake = asyncio.Event()  # new frames or a trailer for the pod sender
         self._space = asyncio.Event()  # the tail has room again
         self._space.set()
         self._client_done = asyncio.get_running_loop().create_future()
         self._detached = False
-        self._live: ClientConnection | None = None  # the pod connection the client reader sends to directly
+        self._live: PodConnection | None = None  # the pod connection the client reader sends to directly
         self._sample = 0  # frames sent since the last latency observation
+        client.on_write_pause = self._client_write_paused
 
     @property
     def session_id(self) -> str:
         return self.state.pin.session_id
 
-    async def run(self, pod: PodView, pod_ws: ClientConnection) -> None:
+    async def run(self, pod: PodView, pod_ws: PodConnection) -> None:
         self.pod, self.pod_ws = pod, pod_ws
         reader = asyncio.create_task(self._read_client())
         try:
@@ -136,58 +146,61 @@ class NativeRelay:
     # --- client side
 
     async def _read_client(self) -> None:
-        state, metrics = self.state, self.router.metrics
-        tail, recv, wake = state.tail, self.client.recv, self._wake
-        accept, next_to_send, pod_frame = state.accept_message, state.next_to_send, state.pod_frame
-        monotonic = time.monotonic
+        """Read the client until it goes: spliced (frames straight to `_client_message`) whenever the
+        connection allows it, through recv() otherwise (before the splice, and after a frame it does not take)."""
+        client, space = self.client, self._space
         normal = False
         try:
             while True:
-                if tail.full:
-                    self._space.clear()
-                    await self._space.wait()
+                if client.splice(self._client_message):
+                    if self.state.tail.full:
+                        client.hold_reading(TAIL_FULL)
+                    await client.unspliced()
+                if self.state.tail.full:
+                    space.clear()
+                    await space.wait()
                     continue
-                message = await recv()
-                if state.trailer is not None:
-                    continue  # after 'end' or bad input the pod reads nothing more either
-                if message.__class__ is bytes:
-                    try:
-                        frame = accept(message, monotonic())
-                    except ProtocolError:
-                        state.trailer = message  # the pod answers it as it answers any bad frame
-                    else:
-                        if frame is None:
-                            metrics.refusals.labels("duplicate_frame").inc()
-                            continue
-                        ws = self._live
-                        if ws is not None:  # the pod has every frame before this one: send it now
-                            frame = next_to_send()
-                            if frame is not None:
-                                try:
-                                    await ws.send(pod_frame(frame))
-                                except ConnectionClosed:  # the leg ends; its pod reader handles that
-                                    if self._live is ws:
-                                        self._live = None
-                                    continue
-                                self._sent(frame)
-                            continue
-                else:
-                    state.trailer = message  # 'end', or a message the pod will refuse
-                    ws = self._live
-                    if ws is not None and state.trailer_due():
-                        state.leg.trailer_sent = True
-                        try:
-                            await ws.send(message)
-                        except ConnectionClosed:
-                            if self._live is ws:
-                                self._live = None
-                        continue
-                wake.set()  # the pod sender catches up (it clears `_live` first)
+                self._client_message(await client.recv())
         except ConnectionClosed as exc:
             normal = exc.rcvd is not None and exc.rcvd.code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
         finally:
             if not self._client_done.done():
                 self._client_done.set_result(normal)
+
+    def _client_message(self, message: bytes | str) -> None:
+        """One client message: into the replay tail and on to a live pod at once, or to the pod sender."""
+        state = self.state
+        if state.trailer is not None:
+            return  # after 'end' or bad input the pod reads nothing more either
+        ws = self._live
+        if message.__class__ is bytes:
+            try:
+                frame = state.accept_message(message, time.monotonic())
+            except ProtocolError:
+                state.trailer = message  # the pod answers it as it answers any bad frame
+                self._wake.set()
+                return
+            if frame is None:
+                self.router.metrics.refusals.labels("duplicate_frame").inc()
+                return
+            if state.tail.full and self.client.is_spliced:
+                self.client.hold_reading(TAIL_FULL)  # until the pod commits: backpressure, not memory
+            if ws is not None:  # the pod has every frame before this one: send it now
+                frame = state.next_to_send()
+                if frame is not None:
+                    if ws.send_now(state.pod_frame(frame)):
+                        self._sent(frame)
+                    elif self._live is ws:
+                        self._live = None  # the leg ends; its pod reader handles that
+                return
+        else:
+            state.trailer = message  # 'end', or a message the pod will refuse
+            if ws is not None and state.trailer_due():
+                state.leg.trailer_sent = True
+                if not ws.send_now(message) and self._live is ws:
+                    self._live = None
+                return
+        self._wake.set()  # the pod sender catches up (it clears `_live` first)
 
     def _sent(self, frame) -> None:
         """A frame went to a pod: the relay latency of its first trip, for one frame in LATENCY_SAMPLE."""
@@ -220,8 +233,6 @@ class NativeRelay:
             reader.result()
         except ConnectionClosed:
             pass
-        except ClientGone:
-            return "client_gone"
         if self._detached:
             return "done"
         code = self.pod_ws.close_code if self.pod_ws is not None else 1006
@@ -253,30 +264,43 @@ class NativeRelay:
             await wake.wait()
 
     async def _read_pod(self) -> None:
-        state, space, send = self.state, self._space, self.client.send
-        tail, translate = state.tail, state.pod_text
-        async for raw in self.pod_ws:
-            if raw.__class__ is not str:
-                continue  # the native protocol sends the client no binary messages
-            try:
-                outs = translate(raw)
-            except ValueError:
-                log.warning("session %s: pod sent invalid JSON; ignored", self.session_id)
-                continue
-            if not tail.full:
-                space.set()
-            try:
-                for out in outs:
-                    await send(out)
-                if state.pin_changed:
-                    await self._send_token()
-            except ConnectionClosed:
-                raise ClientGone(False) from None
+        """Read the pod until the leg ends (ConnectionClosed): spliced whenever the connection allows it."""
+        pod_ws = self.pod_ws
+        self._client_write_paused(self.client.paused)
+        while True:
+            if pod_ws.splice(self._pod_message):
+                await pod_ws.unspliced()
+            self._pod_message(await pod_ws.recv())
 
-    async def _send_token(self) -> None:
-        pin = self.state.current_pin()
-        self.router.remember(pin)
-        await self._send_client(p.token(self.router.tokens.issue(pin)))
+    def _pod_message(self, raw: bytes | str) -> None:
+        """One pod message, translated, to the client at once (a client that is gone: its reader says so)."""
+        if raw.__class__ is not str:
+            return  # the native protocol sends the client no binary messages
+        state = self.state
+        try:
+            outs = state.pod_text(raw)
+        except ValueError:
+            log.warning("session %s: pod sent invalid JSON; ignored", self.session_id)
+            return
+        if not state.tail.full:
+            self._space.set()
+            self.client.release_reading(TAIL_FULL)
+        send = self.client.send_now
+        for out in outs:
+            send(out)
+        if state.pin_changed:
+            pin = state.current_pin()
+            self.router.remember(pin)
+            send(p.encode(p.token(self.router.tokens.issue(pin))))
+
+    def _client_write_paused(self, paused: bool) -> None:
+        """The client reads slower than the pod talks: stop reading the pod until it catches up."""
+        if self.pod_ws is None:
+            return
+        if paused:
+            self.pod_ws.hold_reading(CLIENT_SLOW)
+        else:
+            self.pod_ws.release_reading(CLIENT_SLOW)
 
     async def _finish(self, code: int) -> None:
         """The pod ended the session for good: relay its last words and close the same way."""
@@ -361,7 +385,7 @@ class NativeRelay:
 class WhisperLiveRelay:
     """Message-for-message relay of a WhisperLive session (no failover: its protocol has no sequence numbers)."""
 
-    def __init__(self, router: "RouterServer", client: ServerConnection, pod: PodView, pod_ws: ClientConnection):
+    def __init__(self, router: "RouterServer", client: RouterServerConnection, pod: PodView, pod_ws: PodConnection):
         self.router, self.client, self.pod, self.pod_ws = router, client, pod, pod_ws
 
     async def run(self) -> None:
@@ -389,19 +413,31 @@ class WhisperLiveRelay:
             self.router.release_pod(self.pod)
 
     async def _pipe(self, src, dst, upstream: bool) -> None:
-        latency, send, monotonic = self.router.metrics.relay_latency, dst.send, time.monotonic
+        """Every message of `src` to `dst`, spliced whenever `src` allows it; ends when `src` closes."""
+        latency, monotonic, send = self.router.metrics.relay_latency, time.monotonic, dst.send_now
         sample = 0
+
+        def forward(message: bytes | str) -> None:
+            nonlocal sample
+            if upstream and message.__class__ is bytes:
+                sample += 1
+                if sample >= LATENCY_SAMPLE:
+                    sample = 0
+                    received = monotonic()
+                    send(message)
+                    latency.observe(monotonic() - received)
+                    return
+            send(message)
+
+        def dst_paused(paused: bool) -> None:  # dst reads slower than src talks
+            (src.hold_reading if paused else src.release_reading)(PEER_SLOW)
+
+        dst.on_write_pause = dst_paused
         try:
-            async for message in src:
-                if upstream and message.__class__ is bytes:
-                    sample += 1
-                    if sample >= LATENCY_SAMPLE:
-                        sample = 0
-                        received = monotonic()
-                        await send(message)
-                        latency.observe(monotonic() - received)
-                        continue
-                await send(message)
+            while True:
+                if src.splice(forward):
+                    await src.unspliced()
+                forward(await src.recv())
         except ConnectionClosed:
             pass
 

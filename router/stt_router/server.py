@@ -44,6 +44,7 @@ from stt_router.queue import QueueFull, SessionQueue
 from stt_router.relay import NativeRelay, WhisperLiveRelay, abort
 from stt_router.replay import RelayState
 from stt_router.settings import RouterSettings
+from stt_router.splice import PodConnection, RouterServerConnection
 from stt_router.tokens import InvalidToken, Pin, RouterTokens, signer_for
 from voxfleet import protocol as p
 from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, respond
@@ -126,6 +127,7 @@ class RouterServer:
             compression=None,
             server_header="voxfleet-router",
             reuse_port=self.reuse_port or None,
+            create_connection=RouterServerConnection,
         )
         self._started = time.monotonic()
         self.metrics.ready.set(1)
@@ -284,9 +286,7 @@ class RouterServer:
         for _ in range(tries):
             pod = await self.acquire(priority, client, notify, exclude, bounded)
             try:
-                pod_ws = await connect(pod.url, open_timeout=self.settings.pod_connect_timeout_seconds, max_size=None,
-                                       compression=None, ping_interval=20, ping_timeout=20, close_timeout=5,
-                                       user_agent_header="voxfleet-router")
+                pod_ws = await self._connect_pod(pod.url)
             except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 last = f"pod {pod.name} unreachable: {exc}"
                 self.pool.lost(pod.name)
@@ -316,6 +316,11 @@ class RouterServer:
             return pod, pod_ws, reply, raw
         raise ProtocolError(ErrorCode.FULL, f"no pod took the session after {tries} tries ({last})",
                             CloseCode.TRY_AGAIN_LATER)
+
+    async def _connect_pod(self, url: str) -> PodConnection:
+        return await connect(url, open_timeout=self.settings.pod_connect_timeout_seconds, max_size=None,
+                             compression=None, ping_interval=20, ping_timeout=20, close_timeout=5,
+                             user_agent_header="voxfleet-router", create_connection=PodConnection)
 
     # --- sessions
 
@@ -422,8 +427,7 @@ class RouterServer:
             message = p.resume_message(p.Resume(pin.pod_token, max(-1, resume.last_seq - pin.seq_base),
                                                 max(-1, resume.last_segment_id - pin.seg_base)))
             try:
-                pod_ws = await connect(pod.url, open_timeout=self.settings.pod_connect_timeout_seconds, max_size=None,
-                                       compression=None, ping_interval=20, ping_timeout=20, close_timeout=5)
+                pod_ws = await self._connect_pod(pod.url)
                 await pod_ws.send(p.encode(message))
                 raw = await asyncio.wait_for(pod_ws.recv(), self.settings.pod_connect_timeout_seconds)
                 reply = json.loads(raw)

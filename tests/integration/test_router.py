@@ -28,6 +28,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from stt_router.apikeys import hash_key
+from stt_router.frames import OP_TEXT, client_frame
 from stt_router.tokens import Pin, RouterTokens, signer_for
 from tests.integration.conftest import PodProcess, free_port
 from tests.integration.pod_http import http_get
@@ -477,6 +478,49 @@ async def test_bad_input_through_the_router_is_answered_as_the_pod_answers(pod, 
             results.append(([m["code"] for m in messages if m["type"] == "error"],
                             [m["type"] for m in messages if m["type"] in ("error", "end")], code))
         assert results[1] == results[0], (bad, results)
+
+
+async def test_frames_the_fast_path_does_not_take_are_answered_as_the_pod_answers(pod, router_factory):
+    """Mid-session, once the router relays frames itself (router/stt_router/splice.py): a ping, an audio
+    message in fragments, text that is not UTF-8, a message over the size limit. Through the router each
+    ends the way it ends at the pod directly: the same messages, the same close code."""
+    router = router_factory([pod], "--anonymous")
+    frames = pcm16_frames(bundled_sample())[:20]
+
+    async def fragmented(ws, seq: int) -> None:
+        data = p.pack_frame(seq, frames[seq])
+        await ws.send([data[:100], data[100:1000], data[1000:]])
+
+    async def not_utf8(ws, seq: int) -> None:
+        ws.transport.write(client_frame(OP_TEXT, b'{"type":"end"\xff}'))
+
+    async def oversize(ws, seq: int) -> None:
+        await ws.send(p.pack_frame(seq, b"\x00\x00" * (1 << 20)))
+
+    async def ping(ws, seq: int) -> None:
+        await asyncio.wait_for(await ws.ping(), 30)  # answered while the session goes on
+
+    for disturb in (ping, fragmented, not_utf8, oversize):
+        results = []
+        for url in (pod.url, router.url):
+            async with connect(url, max_size=None) as ws:
+                await ws.send(start())
+                assert json.loads(await ws.recv())["type"] == "ready"
+                for seq in range(10):
+                    await ws.send(p.pack_frame(seq, frames[seq]))
+                await asyncio.sleep(0.3)  # the router has spliced both sides by now
+                await disturb(ws, 10)
+                try:
+                    for seq in range(11, len(frames)):
+                        await ws.send(p.pack_frame(seq, frames[seq]))
+                    await ws.send(p.encode(p.END))
+                except ConnectionClosed:
+                    pass
+                messages, code = await collect(ws, 60)
+            results.append(([m["code"] for m in messages if m["type"] == "error"],
+                            [m["type"] for m in messages if m["type"] in ("error", "end")], code))
+        assert results[1] == results[0], (disturb.__name__, results)
+        assert results[0][2] in ((1000,) if disturb in (ping, fragmented) else (1007, 1009)), results
 
 
 def whisperlive_options(**extra) -> dict:

@@ -1,0 +1,100 @@
+"""RFC 6455 frames at the byte level, for the relay's fast path (splice.py). Pure: no sockets.
+
+Only what a relay needs: where the next frame of a byte stream starts and
+ends, and how to write one unfragmented data frame. Everything else about
+WebSocket (handshake, close, ping, fragmentation, validation) stays with the
+websockets library, which sees whole frames only.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import NamedTuple
+
+try:  # the C helper websockets ships; the same function in pure Python otherwise
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+FIN = 0x80
+RSV = 0x70
+MASKED = 0x80
+
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+
+
+class Header(NamedTuple):
+    first: int  # FIN, RSV bits and opcode
+    payload_at: int  # offset of the payload in the buffer
+    length: int  # payload length
+    mask_at: int  # offset of the masking key, or -1: not masked
+
+    @property
+    def opcode(self) -> int:
+        return self.first & 0x0F
+
+    @property
+    def end(self) -> int:
+        return self.payload_at + self.length
+
+
+def read_header(buf: bytes | bytearray, pos: int) -> Header | None:
+    """The header of the frame starting at `pos`, or None while it is incomplete."""
+    have = len(buf) - pos
+    if have < 2:
+        return None
+    first, second = buf[pos], buf[pos + 1]
+    length = second & 0x7F
+    at = pos + 2
+    if length == 126:
+        if have < 4:
+            return None
+        length = _U16.unpack_from(buf, at)[0]
+        at += 2
+    elif length == 127:
+        if have < 10:
+            return None
+        length = _U64.unpack_from(buf, at)[0]
+        at += 8
+    if second & MASKED:
+        if len(buf) < at + 4:
+            return None
+        return Header(first, at + 4, length, at)
+    return Header(first, at, length, -1)
+
+
+def is_plain_data(first: int) -> bool:
+    """A whole text or binary message in one frame, no extension bits: the only kind the fast path takes."""
+    return first == FIN | OP_TEXT or first == FIN | OP_BINARY
+
+
+def payload_of(buf: bytes, header: Header) -> bytes:
+    """The frame's payload, unmasked."""
+    data = buf[header.payload_at:header.end]
+    if header.mask_at < 0:
+        return data
+    return apply_mask(data, buf[header.mask_at:header.payload_at])
+
+
+def _length_bytes(n: int, mask_bit: int) -> bytes:
+    if n < 126:
+        return bytes((mask_bit | n,))
+    if n < 65536:
+        return bytes((mask_bit | 126,)) + _U16.pack(n)
+    return bytes((mask_bit | 127,)) + _U64.pack(n)
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented frame as a server writes it (not masked)."""
+    return bytes((FIN | opcode,)) + _length_bytes(len(payload), 0) + payload
+
+
+def client_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """One unfragmented frame as a client writes it: masked with a fresh random key (RFC 6455 5.3)."""
+    if mask is None:
+        mask = os.urandom(4)
+    return bytes((FIN | opcode,)) + _length_bytes(len(payload), MASKED) + mask + apply_mask(payload, mask)

@@ -1,0 +1,213 @@
+"""WebSocket connections with a fast path for relayed data frames.
+
+websockets costs a relay about 15-20 us per message each way (its generator
+parser, the message queue, a task switch in recv(), the send lock and drain):
+four times per audio frame, thousands of frames a second. These connections
+split the incoming byte stream into frames themselves (frames.py) and hand
+websockets whole frames only, so its parser is always at a frame boundary.
+That makes a switch possible at any moment when its message queue is empty:
+`splice(on_message)` sends every following plain data frame (one text or
+binary message in one frame) straight to `on_message`, synchronously, from
+data_received; `send_now()` writes one data frame straight to the transport.
+
+Everything else still goes through websockets, as whole frames: ping, pong,
+close (so keepalive, the closing handshake and close codes are websockets'
+own). A data frame the fast path does not take (fragmented, with extension
+bits, invalid UTF-8 text, larger than max_size) ends the splice for good on
+that connection: from that frame on websockets parses the stream and recv()
+reads it, with its own errors and close codes.
+
+`unspliced()` completes when the splice ends (that fallback, a close frame,
+the connection lost); the relay then goes back to recv(), which gives what is
+left or raises ConnectionClosed as usual. Reading can be held for named
+reasons (a full replay tail, a slow peer) and resumes when none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import CLIENT, OPEN
+
+from stt_router import frames as f
+
+log = logging.getLogger(__name__)
+
+Message = bytes | str
+
+_HTTP, _FRAMES, _PASS = 0, 1, 2  # before the handshake's end, splitting frames, websockets alone
+
+
+class SpliceMixin:
+    """The fast path; mixed into websockets' asyncio ServerConnection and ClientConnection."""
+
+    def _splice_init(self) -> None:
+        self._mode = _HTTP
+        self._http_tail = b""  # the last bytes of the handshake seen, to find its end across reads
+        self._rest = b""  # an incomplete frame, kept until the rest arrives
+        self._sink: Callable[[Message], None] | None = None
+        self._spliced: asyncio.Future | None = None
+        self._holds: set[str] = set()
+        self._masked = self.protocol.side is CLIENT
+        protocol = self.protocol  # the message size limit: websockets >= 17 names it max_message_size
+        self._max_size = getattr(protocol, "max_message_size", getattr(protocol, "max_size", None))
+        self.on_write_pause: Callable[[bool], None] | None = None  # told when the transport's buffer fills / drains
+
+    # --- the switch
+
+    def splice(self, on_message: Callable[[Message], None]) -> bool:
+        """Send the following data messages to `on_message`; False: not now (messages are queued) or never."""
+        if self._mode != _FRAMES or self.protocol.state is not OPEN or self._sink is not None:
+            return False
+        queue = getattr(getattr(self, "recv_messages", None), "frames", None)
+        if queue is None or len(queue):
+            return False  # recv() has messages to give first (or this websockets version is unknown)
+        self._sink = on_message
+        self._spliced = self.loop.create_future()
+        return True
+
+    def unsplice(self) -> None:
+        self._sink = None
+        if self._spliced is not None and not self._spliced.done():
+            self._spliced.set_result(None)
+
+    async def unspliced(self) -> None:
+        if self._spliced is not None:
+            await self._spliced
+
+    @property
+    def is_spliced(self) -> bool:
+        return self._sink is not None
+
+    # --- writing
+
+    def send_now(self, message: Message) -> bool:
+        """Write one data message at once, without waiting for the buffer to drain; False: not open."""
+        if self.protocol.state is not OPEN:
+            return False
+        if message.__class__ is str:
+            opcode, payload = f.OP_TEXT, message.encode()
+        else:
+            opcode, payload = f.OP_BINARY, message
+        self.transport.write(f.client_frame(opcode, payload) if self._masked else f.server_frame(opcode, payload))
+        return True
+
+    # --- flow control
+
+    def hold_reading(self, reason: str) -> None:
+        if not self._holds:
+            self.transport.pause_reading()
+        self._holds.add(reason)
+
+    def release_reading(self, reason: str) -> None:
+        if reason in self._holds:
+            self._holds.discard(reason)
+            if not self._holds and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.on_write_pause is not None:
+            self.on_write_pause(True)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.on_write_pause is not None:
+            self.on_write_pause(False)
+
+    # --- reading
+
+    def data_received(self, data: bytes) -> None:
+        if self._mode == _PASS:
+            return super().data_received(data)
+        if self._mode == _HTTP:
+            seen = self._http_tail + data
+            end = seen.find(b"\r\n\r\n")
+            if end < 0:
+                self._http_tail = seen[-3:]
+                return super().data_received(data)
+            cut = end + 4 - len(self._http_tail)
+            super().data_received(data[:cut])
+            self._mode, self._http_tail = _FRAMES, b""
+            data = data[cut:]
+            if not data:
+                return
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
+        pos = fed = 0  # data[fed:pos] is whole frames for websockets, not yet given
+        n = len(data)
+        max_size = self._max_size
+        read_header, plain = f.read_header, f.is_plain_data
+        super_received = super().data_received
+        while pos < n:
+            header = read_header(data, pos)
+            if header is None:
+                break
+            if max_size is not None and header.length > max_size:
+                return self._pass_from(data, fed, pos)  # websockets reports it (1009)
+            end = header.end
+            if end > n:
+                break
+            first = header.first
+            if plain(first):
+                sink = self._sink
+                if sink is not None:
+                    message = f.payload_of(data, header)
+                    if first == f.FIN | f.OP_TEXT:
+                        try:
+                            message = message.decode()
+                        except UnicodeDecodeError:
+                            return self._pass_from(data, fed, pos)  # websockets reports it (1007)
+                    if fed < pos:
+                        super_received(data[fed:pos])  # control frames that came before it
+                    fed = end
+                    try:
+                        sink(message)
+                    except Exception:  # a relay bug must not take the event loop's reader down
+                        log.exception("relay callback failed; the connection is dropped")
+                        self.unsplice()
+                        self.transport.abort()
+                        return
+            elif first & 0x0F >= f.OP_CLOSE:
+                if first & 0x0F == f.OP_CLOSE:
+                    self.unsplice()  # recv() takes over and sees the close
+            else:
+                return self._pass_from(data, fed, pos)  # fragmented or extended: websockets' alone
+            pos = end
+        if fed < pos:
+            super_received(data[fed:pos])
+        if pos < n:
+            self._rest = data[pos:]
+
+    def _pass_from(self, data: bytes, fed: int, pos: int) -> None:
+        """A frame the fast path does not take: websockets parses the stream from it on, for good."""
+        if fed < pos:
+            super().data_received(data[fed:pos])
+        self._mode = _PASS
+        self.unsplice()
+        super().data_received(data[pos:])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.unsplice()
+        super().connection_lost(exc)
+
+
+class RouterServerConnection(SpliceMixin, ServerConnection):
+    """A client's connection to the router."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._splice_init()
+
+
+class PodConnection(SpliceMixin, ClientConnection):
+    """The router's connection to a pod."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._splice_init()

@@ -1,0 +1,153 @@
+"""The router's spliced connections (router/stt_router/splice.py) over real loopback sockets.
+
+A websockets server built on RouterServerConnection and a PodConnection client
+(the two kinds the router uses) talk to plain websockets peers: what the fast
+path delivers and writes must be exactly what websockets would have, and
+everything it does not take must still reach websockets whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+
+from stt_router.splice import PodConnection, RouterServerConnection
+
+pytestmark = pytest.mark.integration
+
+
+class Spliced:
+    """A server handler that splices its connection as soon as it can and records what arrives how."""
+
+    def __init__(self) -> None:
+        self.spliced: list = []
+        self.received: list = []
+        self.connection: RouterServerConnection | None = None
+        self.ended = asyncio.Event()
+        self.close_code: int | None = None
+
+    async def __call__(self, ws: RouterServerConnection) -> None:
+        self.connection = ws
+        try:
+            while True:
+                if ws.splice(self.spliced.append):
+                    await ws.unspliced()
+                self.received.append(await ws.recv())
+        except ConnectionClosed as exc:
+            self.close_code = exc.rcvd.code if exc.rcvd else None
+        finally:
+            self.ended.set()
+
+
+async def until(predicate, what: str) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"{what} never happened")
+
+
+@pytest.fixture
+async def spliced_server():
+    handler = Spliced()
+    async with serve(handler, "127.0.0.1", 0, create_connection=RouterServerConnection, max_size=1 << 16,
+                     compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield handler, f"ws://127.0.0.1:{port}"
+
+
+async def test_data_messages_go_to_the_callback_in_order_and_control_frames_to_websockets(spliced_server):
+    handler, url = spliced_server
+    async with connect(url, compression=None) as ws:
+        messages = [bytes([i]) * (i * 700) for i in range(1, 30)] + ["text é", b""]
+        for message in messages:
+            await ws.send(message)
+        pong = await ws.ping(b"still there?")
+        await asyncio.wait_for(pong, 10)  # websockets answered the ping while the data went past it
+        await until(lambda: len(handler.spliced) + len(handler.received) == len(messages), "every message")
+        assert handler.received + handler.spliced == messages  # whatever recv() got first, then the rest
+        assert handler.spliced and handler.connection.is_spliced
+        await ws.close()
+    await asyncio.wait_for(handler.ended.wait(), 10)
+    assert handler.close_code == 1000  # the close frame ended the splice; recv() saw it
+
+
+async def test_a_fragmented_message_hands_the_stream_back_to_websockets_for_good(spliced_server):
+    handler, url = spliced_server
+    async with connect(url, compression=None) as ws:
+        await ws.send(b"one")
+        await until(lambda: handler.connection is not None and handler.connection.is_spliced, "the splice")
+        await ws.send([b"fr", b"ag", b"ments"])
+        await ws.send(b"after")
+        await until(lambda: b"after" in handler.received, "the message after the fragments")
+        assert handler.spliced == [b"one"] and handler.received == [b"fragments", b"after"]
+        assert not handler.connection.is_spliced and not handler.connection.splice(handler.spliced.append)
+
+
+async def test_invalid_utf8_and_oversize_messages_close_as_websockets_closes(spliced_server):
+    handler, url = spliced_server
+    async with connect(url, compression=None) as ws:
+        await ws.send(b"one")
+        await until(lambda: handler.connection is not None and handler.connection.is_spliced, "the splice")
+        ws.transport.write(bytes([0x81, 0x82, 0, 0, 0, 0, 0xC3, 0x28]))  # masked text frame, invalid UTF-8
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == 1007
+    handler.ended.clear()
+    async with connect(url, compression=None, max_size=None) as ws:
+        await ws.send(b"one")
+        await until(lambda: handler.connection.is_spliced, "the splice")
+        await ws.send(b"\0" * ((1 << 16) + 1))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == 1009
+
+
+async def test_held_reading_delivers_nothing_until_released(spliced_server):
+    handler, url = spliced_server
+    async with connect(url, compression=None) as ws:
+        await ws.send(b"one")
+        await until(lambda: handler.spliced == [b"one"], "the first message")
+        handler.connection.hold_reading("test")
+        await ws.send(b"two")
+        await asyncio.sleep(0.2)
+        assert handler.spliced == [b"one"]
+        handler.connection.release_reading("test")
+        await until(lambda: handler.spliced == [b"one", b"two"], "the held message")
+
+
+async def test_send_now_writes_frames_plain_websockets_peers_accept():
+    """The client side masks (a websockets server refuses unmasked client frames); the server side does not."""
+    got: list = []
+
+    async def echo(ws) -> None:
+        async for message in ws:
+            got.append(message)
+            await ws.send(message)
+
+    async with serve(echo, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", create_connection=PodConnection, compression=None,
+                           max_size=None) as pod:
+            sent = [b"\x01" * 70000, "ack é", b"\x02" * 200]
+            for message in sent:
+                assert pod.send_now(message)
+            echoed = [await asyncio.wait_for(pod.recv(), 10) for _ in sent]
+    assert got == sent and echoed == sent
+    assert not pod.send_now(b"after close")
+
+    handler = Spliced()
+    async with serve(handler, "127.0.0.1", 0, create_connection=RouterServerConnection, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            await ws.send(b"hello")
+            await until(lambda: handler.connection is not None and handler.connection.is_spliced, "the splice")
+            assert handler.connection.send_now("to the client")
+            assert await asyncio.wait_for(ws.recv(), 10) == "to the client"
+            with pytest.raises(ConnectionClosedOK):
+                await ws.close()
+                await ws.recv()

@@ -1,0 +1,68 @@
+"""The fast path's frame codec against websockets' own (the reference for RFC 6455 framing)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from stt_router import frames as f
+
+SIZES = [0, 1, 125, 126, 3204, 65535, 65536, 70000]
+
+
+def parse_with_websockets(data: bytes, mask: bool) -> Frame:
+    reader = StreamReader()
+    reader.feed_data(data)
+    parser = Frame.parse(reader.read_exact, mask=mask, max_size=None, extensions=[])
+    try:
+        next(parser)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("websockets wanted more bytes")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_frames_written_here_parse_the_same_in_websockets(size):
+    payload = os.urandom(size)
+    server = parse_with_websockets(f.server_frame(f.OP_BINARY, payload), mask=False)
+    client = parse_with_websockets(f.client_frame(f.OP_BINARY, payload), mask=True)
+    for frame in (server, client):
+        assert frame.opcode is Opcode.BINARY and frame.fin and bytes(frame.data) == payload
+
+
+def test_a_client_frame_has_a_fresh_mask_each_time():
+    one, two = f.client_frame(f.OP_TEXT, b"x" * 10), f.client_frame(f.OP_TEXT, b"x" * 10)
+    assert one[2:6] != two[2:6] or one[2:6] == two[2:6] == b"\0\0\0\0"  # 2**-32 to be equal by chance
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_headers_and_payloads_read_here_match_what_websockets_wrote(size, masked):
+    payload = os.urandom(size)
+    data = Frame(Opcode.BINARY, payload).serialize(mask=masked, extensions=[])
+    stream = b"junk" + data + b"next"
+    header = f.read_header(stream, 4)
+    assert header is not None and header.end == 4 + len(data)
+    assert header.first == f.FIN | f.OP_BINARY and f.is_plain_data(header.first)
+    assert header.length == size and (header.mask_at >= 0) == masked
+    assert f.payload_of(stream, header) == payload
+
+
+@pytest.mark.parametrize("size", [10, 300, 70000])
+def test_an_incomplete_header_reads_as_none(size):
+    data = Frame(Opcode.TEXT, b"a" * size).serialize(mask=True, extensions=[])
+    header_len = f.read_header(data, 0).payload_at
+    for cut in range(header_len):
+        assert f.read_header(data[:cut], 0) is None
+
+
+def test_only_whole_unextended_data_frames_are_plain():
+    assert f.is_plain_data(f.FIN | f.OP_TEXT) and f.is_plain_data(f.FIN | f.OP_BINARY)
+    assert not f.is_plain_data(f.OP_BINARY)  # a first fragment
+    assert not f.is_plain_data(f.FIN | f.OP_CONTINUATION)
+    assert not f.is_plain_data(f.FIN | 0x40 | f.OP_TEXT)  # RSV1: compressed
+    assert not f.is_plain_data(f.FIN | f.OP_PING) and not f.is_plain_data(f.FIN | f.OP_CLOSE)
+    assert not f.is_plain_data(f.FIN | 0x3)  # a reserved opcode
