@@ -31,7 +31,7 @@ from stt_pod.settings import PodSettings
 from stt_pod.stream import SessionStream, StreamConfig
 from stt_pod.vad import StreamingVad
 from voxfleet import protocol as p
-from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, respond
+from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, respond, ws_urls
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
 from voxfleet.tokens import InvalidToken, TokenSigner
 
@@ -83,9 +83,7 @@ class PodServer:
 
     @property
     def urls(self) -> list[str]:
-        if not self.server:
-            return []
-        return [f"ws://{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in self.server.sockets]
+        return ws_urls(self.server)
 
     @property
     def port(self) -> int:

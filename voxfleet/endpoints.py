@@ -20,3 +20,10 @@ def respond(status: http.HTTPStatus, body: str | bytes, content_type: str = "tex
     data = body.encode() if isinstance(body, str) else body
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))), ("Connection", "close")])
     return Response(status.value, status.phrase, headers, data)
+
+
+def ws_urls(server) -> list[str]:
+    """The ws:// address of every socket a websockets server listens on (empty before it starts)."""
+    if server is None:
+        return []
+    return [f"ws://{host}:{port}" for host, port, *_ in (sock.getsockname() for sock in server.sockets)]

@@ -207,22 +207,24 @@ def statefulset(pool: PoolRef, spec: SttPoolSpec, replicas: int) -> dict[str, An
         pod_spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     if spec.priority_classes.pods:
         pod_spec["priorityClassName"] = spec.priority_classes.pods
+    # Pods start and stop together (burst scale-up); the ordinals still name
+    # them, so scale-down removes the highest ones, which the router drains.
+    return _workload("StatefulSet", pool, pool.statefulset, STT_COMPONENT, pod_spec, replicas=replicas,
+                     serviceName=pool.headless_service, podManagementPolicy="Parallel",
+                     updateStrategy={"type": "RollingUpdate"})
+
+
+def _workload(kind: str, pool: PoolRef, name: str, component: str, pod_spec: dict[str, Any],
+              **spec: Any) -> dict[str, Any]:
+    """A StatefulSet or Deployment of `pod_spec`, selected and labelled as this pool's `component`."""
     return {
         "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": _metadata(pool, pool.statefulset, STT_COMPONENT),
+        "kind": kind,
+        "metadata": _metadata(pool, name, component),
         "spec": {
-            "replicas": replicas,
-            "serviceName": pool.headless_service,
-            # Pods start and stop together (burst scale-up); the ordinals still name
-            # them, so scale-down removes the highest ones, which the router drains.
-            "podManagementPolicy": "Parallel",
-            "updateStrategy": {"type": "RollingUpdate"},
-            "selector": {"matchLabels": selector_labels(pool, STT_COMPONENT)},
-            "template": {
-                "metadata": {"labels": labels(pool, STT_COMPONENT)},
-                "spec": pod_spec,
-            },
+            **spec,
+            "selector": {"matchLabels": selector_labels(pool, component)},
+            "template": {"metadata": {"labels": labels(pool, component)}, "spec": pod_spec},
         },
     }
 
@@ -333,20 +335,8 @@ def router_deployment(pool: PoolRef, spec: SttPoolSpec) -> dict[str, Any]:
         pod_spec["volumes"] = [{"name": "api-keys", "secret": {"secretName": spec.router.api_key_secret}}]
     if spec.priority_classes.router:
         pod_spec["priorityClassName"] = spec.priority_classes.router
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(pool, pool.router, ROUTER_COMPONENT),
-        "spec": {
-            "replicas": spec.router.replicas,
-            "selector": {"matchLabels": selector_labels(pool, ROUTER_COMPONENT)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {
-                "metadata": {"labels": labels(pool, ROUTER_COMPONENT)},
-                "spec": pod_spec,
-            },
-        },
-    }
+    return _workload("Deployment", pool, pool.router, ROUTER_COMPONENT, pod_spec, replicas=spec.router.replicas,
+                     strategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}})
 
 
 def router_service(pool: PoolRef, spec: SttPoolSpec) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from stt_router.settings import RouterSettings
 from stt_router.splice import PodConnection, RouterServerConnection
 from stt_router.tokens import InvalidToken, Pin, RouterTokens, signer_for
 from voxfleet import protocol as p
-from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, respond
+from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, respond, ws_urls
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,7 @@ class RouterServer:
 
     @property
     def urls(self) -> list[str]:
-        if not self.server:
-            return []
-        return [f"ws://{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in self.server.sockets]
+        return ws_urls(self.server)
 
     @property
     def port(self) -> int:

@@ -25,7 +25,9 @@ def free_port() -> int:
 
 
 @dataclass
-class PodProcess:
+class ServerProcess:
+    """A `voxfleet pod` or `voxfleet router` process on a loopback port, with its log."""
+
     process: subprocess.Popen
     port: int
     log: Path
@@ -51,21 +53,30 @@ class PodProcess:
         return self.log.read_text(errors="replace")
 
 
-def start_pod(tmp_path: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> PodProcess:
+PodProcess = ServerProcess
+
+
+def start_server(tmp_path: Path, command: str, *args: str, env: dict[str, str] | None = None, wait: bool = True,
+                 ready_seconds: float = 120) -> ServerProcess:
+    """`python -m voxfleet COMMAND --host 127.0.0.1 --port <free> ARGS`, waited for until /readyz says 200."""
     port = free_port()
-    log = tmp_path / f"pod-{port}.log"
+    log = tmp_path / f"{command}-{port}.log"
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "voxfleet", "pod", "--host", "127.0.0.1", "--port", str(port), *args],
-                                   stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    pod = PodProcess(process, port, log)
+        process = subprocess.Popen([sys.executable, "-m", "voxfleet", command, "--host", "127.0.0.1", "--port", str(port),
+                                    *args], stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    server = ServerProcess(process, port, log)
     if wait:
         try:
-            wait_ready(f"{pod.http}/readyz", 120, process)
+            wait_ready(f"{server.http}/readyz", ready_seconds, process)
         except Exception:
-            pod.stop(5)
-            raise RuntimeError(f"pod did not become ready:\n{pod.log_text()}")
-    return pod
+            server.stop(5)
+            raise RuntimeError(f"{command} did not become ready:\n{server.log_text()}")
+    return server
+
+
+def start_pod(tmp_path: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> PodProcess:
+    return start_server(tmp_path, "pod", *args, env=env, wait=wait)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +29,13 @@ from websockets.exceptions import ConnectionClosed
 from stt_router.apikeys import hash_key
 from stt_router.frames import OP_TEXT, client_frame
 from stt_router.tokens import Pin, RouterTokens, signer_for
-from tests.integration.conftest import PodProcess, free_port
+from tests.integration.conftest import ServerProcess, free_port, start_server
 from tests.integration.pod_http import http_get
 from tests.integration.proxy import CuttingProxy
 from tests.integration.wire import collect, pcm16_frames, start
 from tests.speech import SENTENCES, conversation, wer, words
 from voxfleet import protocol as p
-from voxfleet.cli import bundled_sample, wait_ready
+from voxfleet.cli import bundled_sample
 from voxfleet.client import transcribe
 
 pytestmark = pytest.mark.integration
@@ -48,52 +47,14 @@ WER_BOUND = 0.30
 # --- router processes -------------------------------------------------------------
 
 
-@dataclass
-class RouterProcess:
-    process: subprocess.Popen
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture
 def router_factory(tmp_path):
-    started: list[RouterProcess] = []
+    started: list[ServerProcess] = []
 
-    def make(pods: list[PodProcess], *args: str) -> RouterProcess:
-        port = free_port()
-        log = tmp_path / f"router-{port}.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "voxfleet", "router", "--host", "127.0.0.1", "--port", str(port),
-                 "--pods", ",".join(pod.url for pod in pods), "--status-interval-seconds", "0.25", *args],
-                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        router = RouterProcess(process, port, log)
+    def make(pods: list[ServerProcess], *args: str) -> ServerProcess:
+        router = start_server(tmp_path, "router", "--pods", ",".join(pod.url for pod in pods),
+                              "--status-interval-seconds", "0.25", *args, ready_seconds=30)
         started.append(router)
-        try:
-            wait_ready(f"{router.http}/readyz", 30, process)
-        except Exception:
-            router.stop(5)
-            raise RuntimeError(f"router did not become ready:\n{router.log_text()}")
         return router
 
     yield make
