@@ -48,6 +48,7 @@ class SpliceMixin:
     def _splice_init(self) -> None:
         self._mode = _HTTP
         self._http_tail = b""  # the last bytes of the handshake seen, to find its end across reads
+        self._http_head = b""  # its first bytes: a client goes on in frames only after "101 Switching Protocols"
         self._rest = b""  # an incomplete frame, kept until the rest arrives
         self._sink: Callable[[Message], None] | None = None
         self._spliced: asyncio.Future | None = None
@@ -125,6 +126,8 @@ class SpliceMixin:
         if self._mode == _PASS:
             return super().data_received(data)
         if self._mode == _HTTP:
+            if len(self._http_head) < 16:
+                self._http_head = (self._http_head + data)[:16]
             seen = self._http_tail + data
             end = seen.find(b"\r\n\r\n")
             if end < 0:
@@ -132,8 +135,14 @@ class SpliceMixin:
                 return super().data_received(data)
             cut = end + 4 - len(self._http_tail)
             super().data_received(data[:cut])
-            self._mode, self._http_tail = _FRAMES, b""
+            self._http_tail = b""
             data = data[cut:]
+            if self._masked and not self._http_head.startswith(b"HTTP/1.1 101 "):
+                self._mode = _PASS  # a refused handshake: what follows is a body, not frames
+                if data:
+                    super().data_received(data)
+                return
+            self._mode = _FRAMES
             if not data:
                 return
         if self._rest:

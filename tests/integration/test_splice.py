@@ -151,3 +151,22 @@ async def test_send_now_writes_frames_plain_websockets_peers_accept():
             with pytest.raises(ConnectionClosedOK):
                 await ws.close()
                 await ws.recv()
+
+
+async def test_a_refused_handshake_fails_at_once_with_its_status():
+    """A server that answers the upgrade with an HTTP error and a body: the body is not read as frames."""
+    from websockets.exceptions import InvalidStatus
+
+    async def refuse(reader, writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b"no WebSocket endpoint here; connect to /\n" * 3
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"ws://127.0.0.1:{port}/nowhere", create_connection=PodConnection, open_timeout=10)
+    assert refused.value.response.status_code == 404
