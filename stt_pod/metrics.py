@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0)
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+PROTOCOLS = ("native", "whisperlive")
+"""Values of the `protocol` label (stt_pod.native, stt_pod.whisperlive)."""
 
 
 class PodMetrics:
@@ -21,6 +23,10 @@ class PodMetrics:
         self.sessions_active = Gauge(p + "sessions_active", "Sessions open on this pod (connected or awaiting resume)", registry=r)
         self.sessions_capacity = Gauge(p + "sessions_capacity", "Most sessions this pod admits", registry=r)
         self.sessions_total = Counter(p + "sessions_total", "Sessions started, by protocol", ["protocol"], registry=r)
+        for protocol in PROTOCOLS:
+            # Exported as 0 from the start: rate() only counts increases between two samples, so a
+            # series born at 1 would hide a pod's first session from the autoscaler's arrival rate.
+            self.sessions_total.labels(protocol)
         self.refusals = Counter(p + "refusals_total", "Sessions refused or closed for cause, by reason", ["reason"], registry=r)
         self.audio_seconds = Counter(p + "audio_received_seconds_total", "Seconds of audio accepted", registry=r)
         self.compute_seconds = Counter(p + "compute_seconds_total", "Wall seconds the model spent decoding", registry=r)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from stt_pod.metrics import LATENCY_BUCKETS, PodMetrics
+from stt_pod.metrics import LATENCY_BUCKETS, PROTOCOLS, PodMetrics
 
 ALLOWED_LABELS = {"protocol", "reason", "kind", "le"}
 
@@ -64,3 +64,14 @@ def test_each_pod_has_its_own_registry():
     a.finals.inc()
     assert a.registry.get_sample_value("voxfleet_pod_finals_total") == 1
     assert b.registry.get_sample_value("voxfleet_pod_finals_total") == 0
+
+
+def test_session_counters_start_at_zero_for_every_protocol():
+    # A labelled counter missing until its first increment would be born at 1, and rate() (the
+    # operator's arrivalRate) would never count a fresh pod's first session.
+    from stt_pod import whisperlive
+
+    assert whisperlive.PROTOCOL in PROTOCOLS and "native" in PROTOCOLS
+    text = PodMetrics().render().decode()
+    for protocol in PROTOCOLS:
+        assert f'voxfleet_pod_sessions_total{{protocol="{protocol}"}} 0.0' in text
