@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Prometheus server binary (Debian package `prometheus`) for
-# tests/integration/test_autoscale_prometheus.py, which runs it itself: its own config,
+# tests/integration/test_autoscale_prometheus.py and tests/e2e/test_autoscale_e2e.py,
+# which run it themselves: their own config,
 # a temporary --storage.tsdb.path, --web.listen-address on a free loopback port.
 #   bash scripts/install-prometheus.sh        # prints the binary's path on stdout
 #

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,23 @@ class ClusterError(RuntimeError):
 
 
 T = TypeVar("T")
+
+
+def http_get(url: str, timeout: float = 3) -> tuple[int, bytes]:
+    """GET a loopback URL (never through a proxy): (status, body); (0, b"") when nothing answers."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except OSError:
+        return 0, b""
+
+
+def pod_ready(pod: dict) -> bool:
+    """The Pod object's Ready condition."""
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
 
 def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.5, what: str = "") -> T:

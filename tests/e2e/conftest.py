@@ -4,7 +4,8 @@ their pods run as real processes by the local kubelet (tests/e2e/kubelet.py);
 everywhere else the pods are kwok's fakes.
 
 Needs the binaries from `bash scripts/k8s/build.sh` (found through
-$VOXFLEET_K8S_BIN or the build cache). Missing binaries are an error, not a skip:
+$VOXFLEET_K8S_BIN or the build cache), and for the autoscaling test the
+Prometheus server (`bash scripts/install-prometheus.sh`). Missing binaries are an error, not a skip:
 the only way to skip this tier is to say so, VOXFLEET_E2E=0. Run it alone with
 `pytest -m e2e` (or `pytest tests/e2e`). Logs of every component and of the
 operator are in a work directory printed at the start, removed after a green
@@ -75,6 +76,15 @@ def cluster(request: pytest.FixtureRequest):
         _kept_logs.append(c.logs)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """The Prometheus server binary (scripts/install-prometheus.sh); missing is an error, as for the cluster."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("no prometheus binary on PATH: run `bash scripts/install-prometheus.sh`", pytrace=False)
+    return binary
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import urllib.error
-import urllib.request
 
-from tests.e2e.cluster import eventually
+from tests.e2e.cluster import eventually, http_get, pod_ready
 from tests.e2e.kubelet import LOOPBACK_NET
 from tests.speech import SENTENCES, conversation, require_tools, wer
 from voxfleet.client import transcript
@@ -23,19 +21,6 @@ from voxfleet.client import transcript
 POOL = "live"
 STT_SELECTOR = f"app.kubernetes.io/instance={POOL},app.kubernetes.io/component=stt-pod"
 ROUTER_SELECTOR = f"app.kubernetes.io/instance={POOL},app.kubernetes.io/component=router"
-
-
-def http_get(url: str, timeout: float = 3) -> tuple[int, bytes]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
-    try:
-        with opener.open(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
-
-
-def ready(pod: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
 
 def pods(cluster, namespace: str, selector: str) -> list[dict]:
@@ -59,7 +44,7 @@ def test_live_pool_serves_speech_and_drains_on_scale_down(cluster, operator_proc
     # The STT pods: real processes on their pod IPs, Ready only once their /readyz answered 200.
     def stt_ready():
         items = pods(cluster, ns, STT_SELECTOR)
-        assert len(items) == 2 and all(ready(p) for p in items), [
+        assert len(items) == 2 and all(pod_ready(p) for p in items), [
             (p["metadata"]["name"], p["status"].get("podIP"), [c["status"] for c in p["status"].get("conditions", [])
                                                             if c["type"] == "Ready"]) for p in items]
         return items
@@ -79,7 +64,7 @@ def test_live_pool_serves_speech_and_drains_on_scale_down(cluster, operator_proc
     # The router: a real process too, which found both pods by watching Pods.
     def router_ready():
         items = [p for p in pods(cluster, ns, ROUTER_SELECTOR) if not p["metadata"].get("deletionTimestamp")]
-        assert len(items) == 1 and ready(items[0]), [p["status"].get("conditions") for p in items]
+        assert len(items) == 1 and pod_ready(items[0]), [p["status"].get("conditions") for p in items]
         ip = items[0]["status"]["podIP"]
         code, body = http_get(f"http://{ip}:8080/status")
         assert code == 200
