@@ -33,9 +33,13 @@ def test_frames_written_here_parse_the_same_in_websockets(size):
         assert frame.opcode is Opcode.BINARY and frame.fin and bytes(frame.data) == payload
 
 
-def test_a_client_frame_has_a_fresh_mask_each_time():
-    one, two = f.client_frame(f.OP_TEXT, b"x" * 10), f.client_frame(f.OP_TEXT, b"x" * 10)
-    assert one[2:6] != two[2:6] or one[2:6] == two[2:6] == b"\0\0\0\0"  # 2**-32 to be equal by chance
+def test_client_frames_have_fresh_masks_across_reads_of_the_random_source():
+    keys = f.MaskKeys(keys_per_read=4)
+    drawn = [keys.next() for _ in range(64)]  # 16 reads of the OS's random source
+    assert all(len(k) == 4 for k in drawn)
+    assert len(set(drawn)) > 60  # equal keys by chance: about 2**-32 per pair
+    frames = {f.client_frame(f.OP_TEXT, b"x" * 10)[2:6] for _ in range(16)}
+    assert len(frames) > 12
 
 
 @pytest.mark.parametrize("size", SIZES)
