@@ -63,7 +63,7 @@ class PoolPolicy:
     """Most pods marked draining by one decision."""
     idle_seconds: float = 300.0
     """Surplus must have lasted this long, without a break, before any drain starts."""
-    drain_timeout_seconds: float = 300.0
+    drain_timeout_seconds: float = 4 * 3600.0  # a pod's longest session (stt_pod.settings): nobody is cut
     """A draining pod is removed after this long even if sessions remain (they are cut)."""
     default_pod_start_seconds: float = 60.0
     """Pod start-to-ready time assumed until the caller has measured one."""

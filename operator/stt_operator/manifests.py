@@ -275,7 +275,7 @@ def router_env(pool: PoolRef, spec: SttPoolSpec) -> list[dict[str, Any]]:
         {"name": f"{p}SELECTOR", "value": selector_string(pool, STT_COMPONENT)},
         {"name": f"{p}POD_PORT", "value": str(spec.port)},
         {"name": f"{p}PLACEMENT", "value": spec.router.placement},
-        {"name": f"{p}DRAIN_TIMEOUT_SECONDS", "value": str(spec.drain_timeout_seconds)},
+        {"name": f"{p}DRAIN_TIMEOUT_SECONDS", "value": str(spec.router.drain_timeout_seconds)},
     ]
     if spec.router.api_key_secret:
         env.append({"name": f"{p}API_KEYS", "value": API_KEYS_MOUNT})
@@ -324,8 +324,8 @@ def router_deployment(pool: PoolRef, spec: SttPoolSpec) -> dict[str, Any]:
     }
     pod_spec: dict[str, Any] = {
         # A router that stops lets its sessions resume through another replica;
-        # it still gets the drain time to finish what it relays.
-        "terminationGracePeriodSeconds": spec.drain_timeout_seconds + DRAIN_MARGIN_SECONDS,
+        # it still gets its drain time to finish what it relays.
+        "terminationGracePeriodSeconds": spec.router.drain_timeout_seconds + DRAIN_MARGIN_SECONDS,
         "enableServiceLinks": False,
         "serviceAccountName": pool.router,
         "containers": [container],

@@ -31,6 +31,11 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # 10-character revision hash in a 63-character label value.
 MAX_NAME_LENGTH = 40
 
+DEFAULT_DRAIN_TIMEOUT_SECONDS = 4 * 3600
+"""A pod's default max_session_seconds (stt_pod.settings; tests/unit/test_operator_spec.py checks they agree):
+by default a drain outlasts any session, so scale-down and rollouts cut nobody. Lower it (and the pods'
+maxSessionSeconds) where pods must go faster."""
+
 
 class SpecError(ValueError):
     """An SttPool spec that cannot be served; the message names the field."""
@@ -135,6 +140,9 @@ class RouterSpec:
                                 maxLength=253)
     cpu: str = field("500m", "CPU request of each router pod", pattern=QUANTITY)
     memory: str = field("256Mi", "memory request and limit of each router pod", pattern=QUANTITY)
+    drain_timeout_seconds: int = field(300, "on rollout, how long a stopping router relays its sessions before "
+                                       "it tells them to resume through another replica (nothing is lost)",
+                                       minimum=0, maximum=86400)
     ingress: IngressSpec = field(IngressSpec, "Ingress in front of the router")
 
 
@@ -175,8 +183,9 @@ class SttPoolSpec:
     scale_down: ScaleDownPolicy = field(ScaleDownPolicy, "how slowly pods are drained and removed")
     idle_seconds: int = field(300, "surplus capacity must be idle this long before it is reclaimed",
                               minimum=0, maximum=86400)
-    drain_timeout_seconds: int = field(300, "on scale-down or rollout, how long a pod's sessions may continue",
-                                       minimum=0, maximum=86400)
+    drain_timeout_seconds: int = field(DEFAULT_DRAIN_TIMEOUT_SECONDS, "on scale-down or rollout, how long a "
+                                       "pod's sessions may continue (default: a pod's longest session, so none "
+                                       "is cut)", minimum=0, maximum=86400)
     autoscaling: AutoscalingSpec = field(AutoscalingSpec, "who sets the number of pods")
     prometheus: PrometheusSpec = field(PrometheusSpec, "where load is measured")
     router: RouterSpec = field(RouterSpec, "the session-pinning router in front of the pods")

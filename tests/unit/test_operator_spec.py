@@ -63,6 +63,16 @@ def test_pod_settings_table_matches_the_pod():
     assert set(specmod.SPEC_OWNED_POD_SETTINGS) <= set(specmod.POD_SETTINGS)
 
 
+def test_the_default_drain_outlasts_a_pods_longest_session():
+    """Scale-down and rollouts cut no session with the defaults: the drain waits as long as a session may last."""
+    from stt_pod.settings import PodSettings
+    from voxfleet.autoscale import PoolPolicy
+
+    longest = PodSettings().max_session_seconds
+    assert parse({"image": "i"}).drain_timeout_seconds >= longest
+    assert PoolPolicy().drain_timeout_seconds >= longest
+
+
 def test_pod_setting_values_become_env_strings():
     assert specmod.pod_setting_value("maxBatch", 4) == "4"
     assert specmod.pod_setting_value("vadThreshold", "0.6") == "0.6"
