@@ -35,7 +35,7 @@ COLORS = {"static-peak": "#7f7f7f", "hpa-like": "#1f77b4", "keda-like": "#9467bd
 SCENARIO_TEXT = {
     "measured": "pod start as measured on this machine, drainTimeout 4 h",
     "slow-start": "60 s pod start, drainTimeout 4 h",
-    "drain-300": "pod start as measured, drainTimeout 300 s (the SttPool default)",
+    "drain-300": "pod start as measured, drainTimeout 300 s (a short drain; the SttPool default is 4 h)",
 }
 
 
@@ -279,7 +279,7 @@ def section(results: dict, images: dict[str, Path], docs: Path, results_path: Pa
                   verdict(s2), ""]
     if "drain-300" in sc:
         s3 = sc["drain-300"]
-        parts += ["#### drainTimeout 300 s (the SttPool default), pod start as measured", "", table(s3), "",
+        parts += ["#### drainTimeout 300 s (a short drain; the SttPool default is 4 h), pod start as measured", "", table(s3), "",
                   "With heavy-tailed sessions, a 300 s drain bound cuts the long sessions left on the pods "
                   "that are reclaimed, whichever policy reclaims them. Only a bound no shorter than the "
                   "longest allowed session (the pod's 4 h max_session_seconds) guarantees zero cuts. That "

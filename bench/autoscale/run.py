@@ -10,7 +10,7 @@ sessions cut, per scenario:
   (bench/autoscale/pod-start.json, from measure_start.py), drainTimeout 4 h
   (the pod's max session length, so that a drain never has to cut);
 - slow-start: the same with 60 s pod starts (a GPU node, a larger model);
-- drain-300: measured start with the SttPool's default drainTimeout of 300 s.
+- drain-300: measured start with a short drainTimeout of 300 s (the SttPool default is the 4 h that never cuts).
 
     python bench/autoscale/run.py --out bench/results/autoscale.json
     python bench/autoscale/plot.py bench/results/autoscale.json --out 'docs/img/autoscale-*.png'
