@@ -34,7 +34,7 @@ TITLE = "The router: latency added per frame and CPU, against direct and nginx"
 DEFAULT_IMAGE = REPO / "docs" / "img" / "router-latency.png"
 RUN_COMMAND = "python bench/router/run.py --streams 100,500,1000 --seconds 20 --out bench/results/router-<date>.json"
 PLOT_COMMAND = "python bench/router/plot.py bench/results/router-<date>.json --out docs/img/router-latency.png"
-COLORS = {"direct": "tab:gray", "router": "tab:blue", "nginx": "tab:green"}
+COLORS = {"direct": "tab:gray", "router": "tab:blue", "pipe": "tab:orange", "nginx": "tab:green"}
 DOCS_INTRO = """# Benchmarks
 
 Every number on this page comes from a script in `bench/` that anyone can rerun;
@@ -96,7 +96,7 @@ def plot(results: dict, out: Path) -> None:
         if not pts:
             continue
         ax_cpu.plot([n for n, _ in pts], [_nan(c) for _, c in pts], "o-", color=COLORS[proxy],
-                    label=f"{proxy} ({'process' if proxy == 'router' else 'master + workers'})")
+                    label=f"{proxy} ({'master + workers' if proxy == 'nginx' else 'process'})")
         if proxy == "nginx":
             ax_cpu.plot([n for n, _ in pts], [_nan(c) * stats.TARGET_CPU_RATIO if c is not None else float("nan")
                                               for _, c in pts], ":_", color=COLORS[proxy], markersize=14,
@@ -158,12 +158,15 @@ def table(results: dict) -> str:
 def verdict_text(results: dict) -> str:
     v = stats.verdict(results)
     if v["n"] is None:
-        return "No N was measured on all three paths: no verdict."
+        return "No N was measured on direct, router and nginx: no verdict."
     met = {True: "**met**", False: "**not met**", None: "not judged"}
     text = (f"At N={v['n']} (the largest N measured): the router adds {_fmt(v['added_p99_ms'])} ms at p99 "
             f"(target <= {stats.TARGET_ADDED_P99_MS:g} ms: {met[v['added_target_met']]}); it uses "
             f"{_fmt(v['router_cores'])} cores against nginx's {_fmt(v['nginx_cores'])} "
             f"(ratio {_fmt(v['cpu_ratio'])}, target <= {stats.TARGET_CPU_RATIO:g}: {met[v['cpu_target_met']]}).")
+    if v["pipe_cores"] is not None:
+        text += (f" A bare Python TCP pipe (bench/router/pipe.py: epoll, no WebSocket work) uses "
+                 f"{_fmt(v['pipe_cores'])} cores at the same N: the floor for a proxy in Python here.")
     if v["flags"]:
         text += f" {len(v['flags'])} phase issue(s) flagged (last column): read those rows with care."
     return text
@@ -188,6 +191,7 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
         f"- Pods: {pods.get('count', '?')} stand-ins (`bench/router/standin_pod.py`: native protocol, one `ack` "
         f"per frame at once, no model; capacity {pods.get('capacity', '?')})",
         f"- Router: `{router.get('command', '-')}`",
+        *([f"- Pipe (the floor, no WebSocket work): `{srv['pipe']['command']}`"] if "pipe" in srv else []),
         f"- nginx: {nginx.get('version', '-')}, `worker_processes {nginx.get('workers', '-')}`, "
         "`hash $arg_session consistent` over the same pods (config in the run's log folder)",
         f"- Command: `{results['command']}`, then `{plot_command}`",

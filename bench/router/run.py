@@ -56,8 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds of real-time audio per stream and phase (default 20)")
     ap.add_argument("--warmup-seconds", type=float, default=2.0,
                     help="first seconds of each phase sent but not counted (default 2)")
-    ap.add_argument("--paths", default="direct,router,nginx",
-                    help="paths to measure at each N, in this order (default direct,router,nginx; added latency needs direct)")
+    ap.add_argument("--paths", default="direct,router,pipe,nginx",
+                    help="paths to measure at each N, in this order (default direct,router,pipe,nginx; added latency "
+                         "needs direct; pipe: a bare Python TCP pipe, the floor for any proxy in Python)")
     ap.add_argument("--pods", type=int, default=4, help="stand-in pods (default 4)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="load generator processes (default: one per core)")
@@ -122,6 +123,7 @@ class Fleet:
         self.log_dir = log_dir
         self.pods = [servers.standin(i, log_dir) for i in range(args.pods)]
         self.router: servers.Proc | None = None
+        self.pipe: servers.Proc | None = None
         self.nginx: servers.Proc | None = None
         self.nginx_binary: str | None = None
 
@@ -135,6 +137,10 @@ class Fleet:
             self.router = servers.router(urls, self.args.placement, self.args.router_arg, self.log_dir)
             self.router.launch()
             self.router.wait_http_ok("/readyz", 60)
+        if "pipe" in self.args.path_list:
+            self.pipe = servers.pipe(urls, self.log_dir)
+            self.pipe.launch()
+            self.pipe.wait_port(30, interval=0.1)
         if "nginx" in self.args.path_list:
             self.nginx_binary = servers.ensure_nginx(lambda m: print(m, flush=True))
             self.nginx = servers.nginx(self.nginx_binary, [p.port for p in self.pods], self.args.nginx_workers,
@@ -146,19 +152,24 @@ class Fleet:
     def port_for(self, path: str, i: int) -> int:
         if path == "direct":
             return self.pods[i % len(self.pods)].port
-        return (self.router if path == "router" else self.nginx).port
+        return self.proxy(path).port
+
+    def proxy(self, path: str) -> servers.Proc | None:
+        return {"router": self.router, "pipe": self.pipe, "nginx": self.nginx}.get(path)
 
     def cpu_groups(self, generator: loadgen.Generator) -> dict[str, list[int]]:
         groups = {"pods": [p.pid for p in self.pods], "generator": generator.pids, "bench": [os.getpid()]}
         if self.router is not None:
             groups["router"] = [self.router.pid, *children_of(self.router.pid)]  # --workers K
+        if self.pipe is not None:
+            groups["pipe"] = [self.pipe.pid]
         if self.nginx is not None:
             groups["nginx"] = servers.nginx_pids(self.nginx)
         return groups
 
     def check_alive(self, path: str) -> str | None:
         dead = [p.name for p in self.pods if not p.alive()]
-        proxy = self.router if path == "router" else self.nginx if path == "nginx" else None
+        proxy = self.proxy(path)
         if proxy is not None and not proxy.alive():
             dead.append(proxy.name)
         return f"{', '.join(dead)} exited" if dead else None
@@ -188,6 +199,8 @@ class Fleet:
         if self.router is not None:
             out["router"] = {"command": servers.python_argv_for_docs(self.router.argv, self.router.port, pod_ports),
                              "settings": router_settings(self.router.argv)}
+        if self.pipe is not None:
+            out["pipe"] = {"command": servers.python_argv_for_docs(self.pipe.argv, self.pipe.port, pod_ports)}
         if self.nginx is not None:
             conf = (self.log_dir / "nginx" / "nginx.conf").read_text()
             out["nginx"] = {"version": servers.nginx_version(self.nginx_binary), "binary": self.nginx_binary,
@@ -196,7 +209,7 @@ class Fleet:
 
     def stop(self) -> dict:
         codes = {}
-        for proc in [self.router, self.nginx, *self.pods]:
+        for proc in [self.router, self.pipe, self.nginx, *self.pods]:
             if proc is not None:
                 codes[proc.name] = proc.stop()
         return codes
@@ -276,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"starting {args.pods} stand-in pods"
               + (", the router" if "router" in args.path_list else "")
+              + (", the Python pipe" if "pipe" in args.path_list else "")
               + (", nginx" if "nginx" in args.path_list else "") + " ...", flush=True)
         fleet.start()
         results["servers"] = fleet.info()
@@ -335,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"at N={v['n']}: router p99 added {v['added_p99_ms']} ms (target <= {stats.TARGET_ADDED_P99_MS:g} ms: "
               f"{met[v['added_target_met']]}); router {v['router_cores']} cores vs nginx {v['nginx_cores']} "
               f"(ratio {v['cpu_ratio']}, target <= {stats.TARGET_CPU_RATIO:g}x: {met[v['cpu_target_met']]})", flush=True)
+        if v["pipe_cores"] is not None:
+            print(f"  a bare Python TCP pipe: {v['pipe_cores']} cores (the floor for a proxy in Python)", flush=True)
         if v["flags"]:
             print(f"  {len(v['flags'])} flagged phase issue(s); see the progress lines above", flush=True)
     print(f"wrote {out_rel}", flush=True)

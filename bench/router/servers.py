@@ -55,6 +55,14 @@ def router(pod_urls: list[str], placement: str, extra: list[str], log_dir: Path)
     return Proc("router", router_argv(port, pod_urls, placement, extra), port, log_dir / "router.log")
 
 
+def pipe(pod_urls: list[str], log_dir: Path) -> Proc:
+    """The floor: a bare Python TCP pipe (pipe.py), no WebSocket work at all."""
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__).with_name("pipe.py")), "--host", "127.0.0.1", "--port", str(port),
+            "--pods", ",".join(pod_urls)]
+    return Proc("pipe", argv, port, log_dir / "pipe.log")
+
+
 # --- nginx --------------------------------------------------------------------------
 
 

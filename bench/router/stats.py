@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 from array import array
 
-PATHS = ("direct", "router", "nginx")
-PROXIES = ("router", "nginx")
+PATHS = ("direct", "router", "pipe", "nginx")
+PROXIES = ("router", "pipe", "nginx")
+JUDGED = ("direct", "router", "nginx")
+"""The paths the verdict needs; `pipe` (a bare Python TCP pipe, bench/router/pipe.py) is the floor beside them."""
 TARGET_ADDED_P99_MS = 2.0
 """Issue 5: p99 added latency per frame through the router at 1000 streams on the 2-core machine."""
 TARGET_CPU_RATIO = 2.0
@@ -162,9 +164,9 @@ def added(run: dict) -> dict:
 
 def verdict(results: dict) -> dict:
     """The issue's two targets, judged at the largest N measured with all three paths."""
-    runs = [r for r in results.get("runs", []) if all(p in r["phases"] for p in PATHS)]
+    runs = [r for r in results.get("runs", []) if all(p in r["phases"] for p in JUDGED)]
     out = {"n": None, "added_p99_ms": None, "added_target_met": None, "router_cores": None, "nginx_cores": None,
-           "cpu_ratio": None, "cpu_target_met": None, "flags": []}
+           "pipe_cores": None, "cpu_ratio": None, "cpu_target_met": None, "flags": []}
     if not runs:
         return out
     run = max(runs, key=lambda r: r["n"])
@@ -174,6 +176,7 @@ def verdict(results: dict) -> dict:
     out["added_target_met"] = None if a["router"]["p99"] is None else a["router"]["p99"] <= TARGET_ADDED_P99_MS
     rc, nc = a["router"]["cores"], a["nginx"]["cores"]
     out["router_cores"], out["nginx_cores"] = rc, nc
+    out["pipe_cores"] = a.get("pipe", {}).get("cores")
     if rc is not None and nc:
         out["cpu_ratio"] = round(rc / nc, 2)
         out["cpu_target_met"] = rc <= TARGET_CPU_RATIO * nc
