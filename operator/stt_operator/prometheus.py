@@ -54,8 +54,12 @@ DEFAULT_QUERIES: dict[str, str] = {
     "sampledAt": "min(timestamp(voxfleet_pod_sessions_active{$pods}))",
     "queueLength": "sum(voxfleet_router_sessions_queued{$routers})",
     "queueWaitSeconds": "max(voxfleet_router_queue_oldest_wait_seconds{$routers})",
-    # Sessions that reached a pod per second; departures are arrivals less the growth of active sessions.
-    "arrivalRate": f"sum(rate(voxfleet_pod_sessions_total{{$pods}}[{RATE_WINDOW}]))",
+    # New sessions per second, counted by the routers: they live longer than any burst pod, so a
+    # session that reaches a pod before Prometheus' first scrape of it is counted all the same. A pool
+    # without routers (or whose routers are not scraped) falls back to the pods' own counters.
+    # Departures are the pods' arrivals less the growth of their active sessions.
+    "arrivalRate": f'sum(rate(voxfleet_router_sessions_total{{$routers,kind="start"}}[{RATE_WINDOW}]))'
+                   f" or sum(rate(voxfleet_pod_sessions_total{{$pods}}[{RATE_WINDOW}]))",
     "departureRate": f"sum(rate(voxfleet_pod_sessions_total{{$pods}}[{RATE_WINDOW}]))"
                      f" - sum(deriv(voxfleet_pod_sessions_active{{$pods}}[{RATE_WINDOW}]))",
     "computePerAudioSecond": f"sum(rate(voxfleet_pod_compute_seconds_total{{$pods}}[{RATE_WINDOW}]))"

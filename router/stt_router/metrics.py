@@ -33,12 +33,20 @@ LAG_WINDOW = 10
 """The gauge shows the largest of the last this many samples (one second), so a scrape does not miss a stall."""
 
 
+SESSION_SERIES = (("native", "start"), ("native", "resume"), ("whisperlive", "start"))
+"""The (protocol, kind) label pairs of voxfleet_router_sessions_total (stt_router.server)."""
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         p = "voxfleet_router_"
         self.sessions_active = Gauge(p + "sessions_active", "Sessions relayed to a pod now, by protocol", ["protocol"], registry=r)
         self.sessions_total = Counter(p + "sessions_total", "Sessions opened (new or resumed), by protocol and kind", ["protocol", "kind"], registry=r)
+        for protocol, kind in SESSION_SERIES:
+            # Exported as 0 from the start: rate() counts increases between samples, so a series born
+            # at 1 would hide this router's first session from the autoscaler's arrival rate.
+            self.sessions_total.labels(protocol, kind)
         self.sessions_queued = Gauge(p + "sessions_queued", "Sessions waiting for a free pod slot", registry=r)
         self.queue_oldest_wait = Gauge(p + "queue_oldest_wait_seconds", "Age of the oldest waiting session", registry=r)
         self.queue_wait = Histogram(p + "queue_wait_seconds", "Time a session waited for a slot (placed or not)", buckets=WAIT_BUCKETS, registry=r)

@@ -62,7 +62,10 @@ def test_default_queries_select_the_pools_pods_and_routers():
     queries = prom.queries_for("en", "speech")
     assert queries["activeSessions"] == 'sum(voxfleet_pod_sessions_active{namespace="speech",pod=~"en-stt-[0-9]+"})'
     assert queries["queueLength"] == 'sum(voxfleet_router_sessions_queued{namespace="speech",pod=~"en-router-.+"})'
-    assert "rate(voxfleet_pod_sessions_total{" in queries["arrivalRate"]
+    router_arrivals, pod_arrivals = queries["arrivalRate"].split(" or ")  # the routers' count, else the pods'
+    assert router_arrivals == ('sum(rate(voxfleet_router_sessions_total{namespace="speech",pod=~"en-router-.+",'
+                               'kind="start"}[1m]))')
+    assert pod_arrivals == 'sum(rate(voxfleet_pod_sessions_total{namespace="speech",pod=~"en-stt-[0-9]+"}[1m]))'
     assert "voxfleet_pod_compute_seconds_total" in queries["computePerAudioSecond"]
     assert "voxfleet_pod_audio_received_seconds_total" in queries["computePerAudioSecond"]
     assert not any("$" in q for q in queries.values())
