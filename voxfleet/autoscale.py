@@ -49,13 +49,13 @@ class PoolPolicy:
     """Most pods the pool may have; pods above it are drained and removed."""
     sessions_per_pod: int = 8
     """Session slots per pod, used when the pods do not report their capacity."""
-    target_utilization: float = 0.75
+    target_utilization: float = 0.8
     """Share of all session slots (and of model time) the policy aims to fill."""
     buffer: int = 2
     """Least free slots to keep for arrivals; the Little's-law buffer may be larger."""
     scale_up_stabilization_seconds: float = 0.0
     """Scale up to the lowest recommendation of this window (0: at once)."""
-    scale_up_max_step: int = 4
+    scale_up_max_step: int = 10
     """Most new pods started by one decision (un-draining is not limited)."""
     scale_down_stabilization_seconds: float = 300.0
     """Scale down only to the highest recommendation of this window."""

@@ -324,8 +324,7 @@ def section(results: dict, images: dict[str, Path], docs: Path, results_path: Pa
         "scaleDown.maxStep 1. The buffer comes from the measured arrival and departure rates over the "
         "lead time: pod start plus 25 s of scrape and decision delay. Scale-down marks the highest "
         "ordinals draining, un-drains them if load returns, and lowers replicas once they are empty. "
-        "`voxfleet-spec-defaults` is the same with the SttPool defaults (targetUtilization 0.75, "
-        "scaleUp.maxStep 4).",
+        "targetUtilization and scaleUp.maxStep are the SttPool defaults.",
         "- The frontier figure sweeps the target utilization of each family (HPA-like and KEDA-like "
         f"{', '.join(f'{u:g}' for u in (0.6, 0.7, 0.75, 0.8, 0.85, 0.9))}; voxfleet 0.7 to 1.0). "
         "\"HPA-like at voxfleet's waiting\" interpolates that sweep.",

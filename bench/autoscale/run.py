@@ -57,12 +57,12 @@ SWEEP = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 """Target utilizations swept for the HPA-like and KEDA-like baselines."""
 VOX_SWEEP = (0.7, 0.8, 0.9, 1.0)
 """Target utilizations swept for voxfleet (with VOX_STEP)."""
-VOX_UTIL = 0.8
-"""voxfleet's headline targetUtilization."""
-VOX_STEP = 10
-"""voxfleet's headline scaleUp.maxStep (pods per 10 s decision)."""
+VOX_UTIL = PoolPolicy().target_utilization
+"""voxfleet's targetUtilization: the SttPool default."""
+VOX_STEP = PoolPolicy().scale_up_max_step
+"""voxfleet's scaleUp.maxStep (pods per 10 s decision): the SttPool default."""
 BASELINE_UTIL = 0.75
-"""Utilization target of the headline HPA-like and KEDA-like rows (the SttPool default)."""
+"""Utilization target of the headline HPA-like and KEDA-like rows (each family is also swept: SWEEP)."""
 SERIES_POLICIES = ("static-peak", "hpa-like", "keda-like", "voxfleet")
 
 
@@ -88,7 +88,6 @@ def controllers(scenario: dict, static: int, mx: int) -> list:
         ("main", HpaLike(c, MIN_REPLICAS, mx, target_utilization=BASELINE_UTIL)),
         ("main", KedaLike(c, MIN_REPLICAS, mx, target_utilization=BASELINE_UTIL)),
         ("main", Voxfleet(vox_policy(c, mx, drain, start, VOX_UTIL, VOX_STEP), c)),
-        ("main", Voxfleet(vox_policy(c, mx, drain, start, 0.75, 4), c, name="voxfleet-spec-defaults")),
     ]
     if scenario["name"] == "measured":
         out.append(("main", KedaLike(c, MIN_REPLICAS, mx, waiting_only=True, name="keda-waiting-only")))

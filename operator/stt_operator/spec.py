@@ -88,7 +88,7 @@ class ResourcesSpec:
 class ScaleUpPolicy:
     stabilization_seconds: int = field(0, "load must stay high this long before pods are added",
                                        minimum=0, maximum=3600)
-    max_step: int = field(4, "most pods added in one step", minimum=1, maximum=100)
+    max_step: int = field(10, "most pods added in one step (a burst needs several at once)", minimum=1, maximum=100)
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ class SttPoolSpec:
                                     minimum=0, maximum=1000)
     sessions_per_pod: int = field(8, "concurrent sessions per pod; more are refused, and the router queues",
                                   minimum=1, maximum=1024)
-    target_utilization: float = field(0.75, "share of all session slots the autoscaler aims to fill",
+    target_utilization: float = field(0.8, "share of all session slots the autoscaler aims to fill",
                                       minimum=0.05, maximum=1.0)
     buffer: int = field(2, "free session slots to keep ready for arrivals", minimum=0, maximum=100000)
     scale_up: ScaleUpPolicy = field(ScaleUpPolicy, "how fast pods are added")

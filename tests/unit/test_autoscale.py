@@ -213,7 +213,7 @@ def test_missing_pod_start_uses_the_policy_default():
 
 
 def test_compute_bound_pods_get_more_pods_than_slots_alone_would():
-    policy = PoolPolicy(min_replicas=1, max_replicas=20)
+    policy = PoolPolicy(min_replicas=1, max_replicas=20, target_utilization=0.75, scale_up_max_step=4)
     obs = dict(now=0.0, replicas=4, ready_replicas=4, active_sessions=16, free_slots=16, queue_length=0)
     relaxed = decide(Observations(compute_per_audio_second=0.05, **obs), policy)
     busy = decide(Observations(compute_per_audio_second=0.5, **obs), policy)

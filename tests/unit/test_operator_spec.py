@@ -14,7 +14,8 @@ def test_defaults_fill_an_almost_empty_spec():
     assert pool.image == "voxfleet:1"
     assert (pool.min_replicas, pool.max_replicas, pool.sessions_per_pod) == (1, 4, 8)
     assert pool.model == specmod.ModelSpec("tiny.en", "cpu", "int8")
-    assert pool.scale_up.max_step == 4 and pool.scale_down.stabilization_seconds == 300
+    assert pool.scale_up.max_step == 10 and pool.scale_down.stabilization_seconds == 300
+    assert pool.target_utilization == 0.8  # the policy measured in bench/autoscale (docs/benchmarks.md)
     assert pool.autoscaling.mode == "builtin" and pool.router.replicas == 2
     assert pool.replicas is None and pool.pod_settings == {}
 
@@ -95,3 +96,13 @@ def test_desired_replicas(mode, replicas, current, expected):
     if replicas is not None:
         data["replicas"] = replicas
     assert specmod.desired_replicas(parse(data), current) == expected
+
+
+def test_the_policy_defaults_are_the_sttpool_defaults():
+    """`voxfleet up` and bench/autoscale use PoolPolicy's defaults; a default SttPool must behave the same."""
+    from voxfleet.autoscale import PoolPolicy
+
+    assert PoolPolicy.from_spec(parse({"image": "i"})) == PoolPolicy(
+        min_replicas=PoolPolicy.from_spec(parse({"image": "i"})).min_replicas,
+        max_replicas=PoolPolicy.from_spec(parse({"image": "i"})).max_replicas,
+        sessions_per_pod=PoolPolicy.from_spec(parse({"image": "i"})).sessions_per_pod)
