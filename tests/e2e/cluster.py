@@ -62,6 +62,26 @@ class ClusterError(RuntimeError):
 T = TypeVar("T")
 
 
+def start_operator(log: Path, kubeconfig: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`python -m stt_operator run` against the local cluster with `env` (never as if in a Pod), logging to `log`."""
+    full = dict(os.environ, KUBECONFIG=str(kubeconfig), **env)
+    full.pop("KUBERNETES_SERVICE_HOST", None)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "stt_operator", "run"], env=full, cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 20) -> None:
+    """SIGTERM, then SIGKILL after `timeout` s."""
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 def http_get(url: str, timeout: float = 3) -> tuple[int, bytes]:
     """GET a loopback URL (never through a proxy): (status, body); (0, b"") when nothing answers."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

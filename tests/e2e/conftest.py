@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import REPO, ClusterError, LocalCluster, eventually, find_binaries
+from tests.e2e.cluster import (REPO, ClusterError, LocalCluster, eventually, find_binaries, start_operator,
+                               stop_process)
 from tests.e2e.kubelet import LIVE_PREFIX, LocalKubelet
 
 DEPLOY = REPO / "operator" / "deploy"
@@ -104,21 +105,12 @@ class OperatorProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), VOXFLEET_OPERATOR_RESYNC_SECONDS="2",
-                   VOXFLEET_OPERATOR_RETRY_SECONDS="2", VOXFLEET_OPERATOR_LOG_LEVEL="info")
-        env.pop("KUBERNETES_SERVICE_HOST", None)  # never mistake this for in-cluster
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "stt_operator", "run"], env=env, cwd=REPO,
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = start_operator(self.log, self.kubeconfig, {
+            "VOXFLEET_OPERATOR_RESYNC_SECONDS": "2", "VOXFLEET_OPERATOR_RETRY_SECONDS": "2",
+            "VOXFLEET_OPERATOR_LOG_LEVEL": "info"})
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
     def restart(self) -> None:
         self.stop()

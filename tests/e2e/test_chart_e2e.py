@@ -27,13 +27,12 @@ import json
 import os
 import urllib.request
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e.cluster import REPO, LocalCluster, eventually
+from tests.e2e.cluster import REPO, LocalCluster, eventually, start_operator, stop_process
 
 CHART = REPO / "charts" / "voxfleet"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -185,20 +184,10 @@ class ChartOperator:
                    VOXFLEET_OPERATOR_RETRY_SECONDS="2")
         kubeconfig = self.cluster.service_account_kubeconfig(NAMESPACE, pod["serviceAccountName"],
                                                              self.cluster.workdir / "chart-operator.kubeconfig")
-        full = dict(os.environ, KUBECONFIG=str(kubeconfig), **env)
-        full.pop("KUBERNETES_SERVICE_HOST", None)
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "stt_operator", "run"], env=full, cwd=REPO,
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = start_operator(self.log, kubeconfig, env)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
     def mark(self) -> None:
         self.until = len(self.log.read_bytes())
