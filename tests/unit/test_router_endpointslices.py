@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from stt_router.discovery import Target
 from stt_router.endpointslices import EndpointSliceWatcher, targets_from_slices
+from tests.unit.kubefakes import FakeApi, FakeWatch, Gone, first_updates
 
 
 def endpoint(name: str, ip: str, ready=True, serving=True, terminating=False) -> dict:
@@ -53,43 +52,6 @@ def test_a_pod_in_two_slices_keeps_its_ready_entry():
     assert [t.ready for t in targets] == [True]
 
 
-class FakeApi:
-    def __init__(self, listings: list[dict]):
-        self.listings = listings
-        self.calls: list[tuple] = []
-
-    def list_namespaced_endpoint_slice(self, namespace, **kwargs):
-        self.calls.append((namespace, kwargs))
-        return self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]
-
-
-class FakeWatch:
-    """Plays one scripted list of events per watch call, like kubernetes.watch.Watch().stream."""
-
-    def __init__(self, scripts: list[list]):
-        self.scripts = scripts
-        self.stopped = False
-        self.kwargs: list[dict] = []
-
-    def __call__(self):
-        return self
-
-    def stream(self, func, namespace, **kwargs):
-        self.kwargs.append(kwargs)
-        script = self.scripts.pop(0) if self.scripts else []
-        for event in script:
-            if isinstance(event, Exception):
-                raise event
-            yield event
-
-    def stop(self):
-        self.stopped = True
-
-
-class Gone(Exception):
-    status = 410
-
-
 async def test_watcher_lists_watches_and_relists_after_expiry():
     api = FakeApi([
         {"metadata": {"resourceVersion": "10"}, "items": [slice_("a", endpoint("voxfleet-pod-0", "127.0.0.10"))]},
@@ -104,17 +66,9 @@ async def test_watcher_lists_watches_and_relists_after_expiry():
          {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "14"}}}],
         [Gone("too old resource version")],
     ])
-    seen: list[list[Target]] = []
-    watcher = None
-
-    def on_targets(targets):
-        seen.append(targets)
-        if len(seen) == 5:
-            watcher.stop()
-
-    watcher = EndpointSliceWatcher(api, "voxfleet", "app=x", 8765, on_targets, watch, backoff=0.01)
-    await asyncio.wait_for(watcher.run(), 10)
-    names = [[(t.name, t.ready) for t in ts] for ts in seen[:5]]  # the thread may list once more before it stops
+    seen = await first_updates(
+        lambda on_targets: EndpointSliceWatcher(api, "voxfleet", "app=x", 8765, on_targets, watch, backoff=0.01), 5)
+    names = [[(t.name, t.ready) for t in ts] for ts in seen]
     assert names == [
         [("voxfleet-pod-0", True)],  # the first list
         [("voxfleet-pod-0", True), ("voxfleet-pod-1", True)],  # added
@@ -129,17 +83,9 @@ async def test_watcher_lists_watches_and_relists_after_expiry():
 async def test_watcher_backs_off_on_errors_and_stops():
     api = FakeApi([{"metadata": {"resourceVersion": "1"}, "items": []}] * 2)
     watch = FakeWatch([[ConnectionError("api server went away")], []])
-    seen = []
-    watcher = None
-
-    def on_targets(targets):
-        seen.append(targets)
-        if len(seen) == 2:
-            watcher.stop()
-
-    watcher = EndpointSliceWatcher(api, "ns", "", 8765, on_targets, watch, backoff=0.01)
-    await asyncio.wait_for(watcher.run(), 10)
-    assert seen[:2] == [[], []]
+    seen = await first_updates(
+        lambda on_targets: EndpointSliceWatcher(api, "ns", "", 8765, on_targets, watch, backoff=0.01), 2)
+    assert seen == [[], []]
     assert watch.stopped
 
 

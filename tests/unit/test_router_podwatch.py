@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from stt_router.discovery import Target
 from stt_router.podwatch import PodWatcher, targets_from_pods
 from stt_router.settings import RouterSettings
+from tests.unit.kubefakes import FakeApi, FakeWatch, Gone, first_updates
 
 
 def pod(name: str, ip: str | None, ready: bool | None = True, deleting: bool = False, phase: str = "Running",
@@ -65,44 +64,6 @@ def test_the_setting_selects_pod_watching():
     s.validate()
 
 
-class FakeApi:
-    def __init__(self, listings: list[dict]):
-        self.listings = listings
-        self.calls: list[tuple] = []
-
-    def list_namespaced_pod(self, namespace, **kwargs):
-        self.calls.append((namespace, kwargs))
-        return self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]
-
-
-class FakeWatch:
-    """Plays one scripted list of events per watch call, like kubernetes.watch.Watch().stream."""
-
-    def __init__(self, scripts: list[list]):
-        self.scripts = scripts
-        self.kwargs: list[dict] = []
-        self.funcs: list = []
-
-    def __call__(self):
-        return self
-
-    def stream(self, func, namespace, **kwargs):
-        self.funcs.append(func)
-        self.kwargs.append(kwargs)
-        script = self.scripts.pop(0) if self.scripts else []
-        for event in script:
-            if isinstance(event, Exception):
-                raise event
-            yield event
-
-    def stop(self):
-        pass
-
-
-class Gone(Exception):
-    status = 410
-
-
 async def test_watcher_lists_watches_skips_unchanged_and_relists_after_expiry():
     api = FakeApi([
         {"metadata": {"resourceVersion": "10"}, "items": [pod("en-stt-0", "127.2.0.10")]},
@@ -119,17 +80,9 @@ async def test_watcher_lists_watches_skips_unchanged_and_relists_after_expiry():
          {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "17"}}}],
         [Gone("too old resource version")],
     ])
-    seen: list[list[Target]] = []
-    watcher = None
-
-    def on_targets(targets):
-        seen.append(targets)
-        if len(seen) == 6:
-            watcher.stop()
-
-    watcher = PodWatcher(api, "speech", "app=x", 8765, on_targets, watch, backoff=0.01)
-    await asyncio.wait_for(watcher.run(), 10)
-    states = [[(t.name, t.ready, t.terminating) for t in ts] for ts in seen[:6]]
+    seen = await first_updates(
+        lambda on_targets: PodWatcher(api, "speech", "app=x", 8765, on_targets, watch, backoff=0.01), 6)
+    states = [[(t.name, t.ready, t.terminating) for t in ts] for ts in seen]
     assert states == [
         [("en-stt-0", True, False)],  # the first list
         [("en-stt-0", True, False), ("en-stt-1", False, False)],  # has an IP, not ready yet
@@ -146,14 +99,6 @@ async def test_watcher_lists_watches_skips_unchanged_and_relists_after_expiry():
 async def test_watcher_backs_off_on_errors_and_stops():
     api = FakeApi([{"metadata": {"resourceVersion": "1"}, "items": []}] * 2)
     watch = FakeWatch([[ConnectionError("api server went away")], []])
-    seen = []
-    watcher = None
-
-    def on_targets(targets):
-        seen.append(targets)
-        if len(seen) == 2:
-            watcher.stop()
-
-    watcher = PodWatcher(api, "ns", "", 8765, on_targets, watch, backoff=0.01)
-    await asyncio.wait_for(watcher.run(), 10)
-    assert seen[:2] == [[], []]
+    seen = await first_updates(
+        lambda on_targets: PodWatcher(api, "ns", "", 8765, on_targets, watch, backoff=0.01), 2)
+    assert seen == [[], []]
