@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common.provenance import REPO
+from voxfleet.cli import wait_ready
 
 
 def free_port() -> int:
@@ -83,18 +84,10 @@ class ServerProcess:
 
     def wait_http_ok(self, path: str, timeout: float) -> None:
         """Until GET path answers 200; RuntimeError if the process exits first, TimeoutError after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.http + path, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name}: {self.http}{path} not 200 after {timeout:g} s:\n{self.log_tail()}")
+        try:
+            wait_ready(self.http + path, timeout, self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"{self.name}: {exc}:\n{self.log_tail()}") from None
 
     def wait_port(self, timeout: float, interval: float = 0.2) -> None:
         """Until something accepts connections on the port; RuntimeError if the process exits first."""

@@ -28,6 +28,7 @@ from stt_operator import prometheus as prom
 from tests.integration.conftest import PodProcess, free_port, start_pod
 from tests.speech import SENTENCES, conversation
 from voxfleet.autoscale import PoolPolicy, decide
+from voxfleet.cli import wait_ready
 from voxfleet.client import transcribe
 
 pytestmark = pytest.mark.integration
@@ -56,18 +57,11 @@ class PrometheusProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, tries: int = 300) -> None:
-        for _ in range(tries):
-            if self.process.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"Prometheus not ready:\n{self.log.read_text(errors='replace')[-3000:]}")
+    def wait_ready(self, timeout: float = 60) -> None:
+        try:
+            wait_ready(f"{self.url}/-/ready", timeout, self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"Prometheus not ready ({exc}):\n{self.log.read_text(errors='replace')[-3000:]}") from None
 
     def stop(self) -> None:
         if self.process.poll() is None:
