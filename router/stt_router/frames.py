@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import NamedTuple
 
 try:  # the C helper websockets ships; the same function in pure Python otherwise
     from websockets.speedups import apply_mask
@@ -27,19 +26,10 @@ _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 
 
-class Header(NamedTuple):
-    first: int  # FIN, RSV bits and opcode
-    payload_at: int  # offset of the payload in the buffer
-    length: int  # payload length
-    mask_at: int  # offset of the masking key, or -1: not masked
-
-    @property
-    def opcode(self) -> int:
-        return self.first & 0x0F
-
-    @property
-    def end(self) -> int:
-        return self.payload_at + self.length
+Header = tuple[int, int, int, int]
+"""(first byte: FIN, RSV bits and opcode; payload offset; payload end; mask key offset, or -1: not masked).
+A plain tuple, not a NamedTuple: the fast path reads one per frame, and a NamedTuple's constructor is a
+Python call."""
 
 
 def read_header(buf: bytes | bytearray, pos: int) -> Header | None:
@@ -63,34 +53,32 @@ def read_header(buf: bytes | bytearray, pos: int) -> Header | None:
     if second & MASKED:
         if len(buf) < at + 4:
             return None
-        return Header(first, at + 4, length, at)
-    return Header(first, at, length, -1)
+        return first, at + 4, at + 4 + length, at
+    return first, at, at + length, -1
 
 
-def is_plain_data(first: int) -> bool:
-    """A whole text or binary message in one frame, no extension bits: the only kind the fast path takes."""
-    return first == FIN | OP_TEXT or first == FIN | OP_BINARY
+PLAIN_TEXT = FIN | OP_TEXT
+PLAIN = frozenset({PLAIN_TEXT, FIN | OP_BINARY})
+"""First bytes of a whole text or binary message in one frame, no extension bits: the only frames the
+fast path takes."""
 
 
-def payload_of(buf: bytes, header: Header) -> bytes:
-    """The frame's payload, unmasked."""
-    data = buf[header.payload_at:header.end]
-    if header.mask_at < 0:
-        return data
-    return apply_mask(data, buf[header.mask_at:header.payload_at])
+_SHORT = struct.Struct("!BB")
+_MEDIUM = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
 
 
-def _length_bytes(n: int, mask_bit: int) -> bytes:
+def _header(opcode: int, n: int, mask_bit: int) -> bytes:
     if n < 126:
-        return bytes((mask_bit | n,))
+        return _SHORT.pack(FIN | opcode, mask_bit | n)
     if n < 65536:
-        return bytes((mask_bit | 126,)) + _U16.pack(n)
-    return bytes((mask_bit | 127,)) + _U64.pack(n)
+        return _MEDIUM.pack(FIN | opcode, mask_bit | 126, n)
+    return _LONG.pack(FIN | opcode, mask_bit | 127, n)
 
 
 def server_frame(opcode: int, payload: bytes) -> bytes:
     """One unfragmented frame as a server writes it (not masked)."""
-    return bytes((FIN | opcode,)) + _length_bytes(len(payload), 0) + payload
+    return _header(opcode, len(payload), 0) + payload
 
 
 class MaskKeys:
@@ -117,4 +105,4 @@ def client_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> byte
     """One unfragmented frame as a client writes it: masked with a fresh random key (RFC 6455 5.3)."""
     if mask is None:
         mask = _MASK_KEYS.next()
-    return bytes((FIN | opcode,)) + _length_bytes(len(payload), MASKED) + mask + apply_mask(payload, mask)
+    return b"".join((_header(opcode, len(payload), MASKED), mask, apply_mask(payload, mask)))

@@ -93,6 +93,7 @@ class NativeRelay:
         self._wake = asyncio.Event()  # new frames or a trailer for the pod sender
         self._space = asyncio.Event()  # the tail has room again
         self._space.set()
+        self._tail_held = False  # the client is held back for a full tail (`_space` cleared or reading held)
         self._client_done = asyncio.get_running_loop().create_future()
         self._detached = False
         self._live: PodConnection | None = None  # the pod connection the client reader sends to directly
@@ -154,9 +155,11 @@ class NativeRelay:
             while True:
                 if client.splice(self._client_message):
                     if self.state.tail.full:
+                        self._tail_held = True
                         client.hold_reading(TAIL_FULL)
                     await client.unspliced()
                 if self.state.tail.full:
+                    self._tail_held = True
                     space.clear()
                     await space.wait()
                     continue
@@ -184,6 +187,7 @@ class NativeRelay:
                 self.router.metrics.refusals.labels("duplicate_frame").inc()
                 return
             if state.tail.full and self.client.is_spliced:
+                self._tail_held = True
                 self.client.hold_reading(TAIL_FULL)  # until the pod commits: backpressure, not memory
             if ws is not None:  # the pod has every frame before this one: send it now
                 frame = state.next_to_send()
@@ -282,7 +286,8 @@ class NativeRelay:
         except ValueError:
             log.warning("session %s: pod sent invalid JSON; ignored", self.session_id)
             return
-        if not state.tail.full:
+        if self._tail_held and not state.tail.full:
+            self._tail_held = False
             self._space.set()
             self.client.release_reading(TAIL_FULL)
         send = self.client.send_now

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
@@ -35,6 +36,7 @@ from stt_router.tokens import Pin
 
 
 HEADER = p.FRAME_HEADER.size
+_SEQ = p.FRAME_HEADER
 
 ACK = re.compile(r'\{"type":"ack","seq":-?\d+,"committed_seq":(-?\d+),"committed_seconds":(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\}')
 """A pod's `ack` exactly as voxfleet.protocol encodes it: read with a regex, not json.loads (one per frame).
@@ -66,14 +68,14 @@ class ReplayTail:
         self.nbytes = 0
         self.start_time: float | None = 0.0  # session time where frames[0] starts; None: not known yet
         self.last_seq = -1  # highest seq ever appended
+        self.full = False  # at its bound (one frame always fits, so a big frame cannot stall a session)
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    @property
-    def full(self) -> bool:
-        """At its bound (one frame always fits, so a big frame cannot stall a session)."""
-        return bool(self.frames) and (self.seconds >= self.max_seconds - 1e-9 or self.nbytes >= self.max_bytes)
+    def _update_full(self) -> None:
+        # an attribute, not a property: the relay reads it twice per frame
+        self.full = bool(self.frames) and (self.seconds >= self.max_seconds - 1e-9 or self.nbytes >= self.max_bytes)
 
     def append(self, seq: int, payload: bytes, seconds: float, now: float) -> TailFrame:
         return self.append_data(seq, p.pack_frame(seq, payload), seconds, now)
@@ -86,20 +88,24 @@ class ReplayTail:
         self.nbytes += len(data) - HEADER
         if seq > self.last_seq:
             self.last_seq = seq
+        self._update_full()
         return frame
 
     def trim_through(self, seq: int) -> int:
         """Drop the frames up to `seq` (committed); returns how many."""
         n = 0
-        while self.frames and self.frames[0].seq <= seq:
-            frame = self.frames.popleft()
+        frames = self.frames
+        while frames and frames[0].seq <= seq:
+            frame = frames.popleft()
             self.seconds -= frame.seconds
             self.nbytes -= len(frame.data) - HEADER
             if self.start_time is not None:
                 self.start_time += frame.seconds
             n += 1
-        if not self.frames:
+        if not frames:
             self.seconds, self.nbytes = 0.0, 0
+        if n:
+            self._update_full()
         return n
 
     def last_ending_by(self, t: float) -> int | None:
@@ -185,9 +191,11 @@ class RelayState:
         """`accept_frame` for a binary message as received, kept without a copy; None: old or repeated.
 
         Raises ProtocolError for a frame without a sequence header (the pod answers it)."""
-        if len(data) < HEADER:
+        try:
+            seq = _SEQ.unpack_from(data)[0]
+        except struct.error:
             p.unpack_frame(data)  # raises the protocol's own error
-        seq = int.from_bytes(data[:HEADER], "big")
+            raise
         tail = self.tail
         if seq <= tail.last_seq or seq <= self.commit:
             return None

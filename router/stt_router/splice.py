@@ -34,6 +34,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.protocol import CLIENT, OPEN
 
 from stt_router import frames as f
+from stt_router.frames import apply_mask
+
+_TEXT, _PLAIN = f.PLAIN_TEXT, f.PLAIN
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class SpliceMixin:
         self._spliced: asyncio.Future | None = None
         self._holds: set[str] = set()
         self._masked = self.protocol.side is CLIENT
+        self._frame = f.client_frame if self._masked else f.server_frame  # a client masks what it writes
         protocol = self.protocol  # the message size limit: websockets >= 17 names it max_message_size
         self._max_size = getattr(protocol, "max_message_size", getattr(protocol, "max_size", None))
         self.on_write_pause: Callable[[bool], None] | None = None  # told when the transport's buffer fills / drains
@@ -91,10 +95,9 @@ class SpliceMixin:
         if self.protocol.state is not OPEN:
             return False
         if message.__class__ is str:
-            opcode, payload = f.OP_TEXT, message.encode()
+            self.transport.write(self._frame(f.OP_TEXT, message.encode()))
         else:
-            opcode, payload = f.OP_BINARY, message
-        self.transport.write(f.client_frame(opcode, payload) if self._masked else f.server_frame(opcode, payload))
+            self.transport.write(self._frame(f.OP_BINARY, message))
         return True
 
     # --- flow control
@@ -151,29 +154,27 @@ class SpliceMixin:
         pos = fed = 0  # data[fed:pos] is whole frames for websockets, not yet given
         n = len(data)
         max_size = self._max_size
-        read_header, plain = f.read_header, f.is_plain_data
-        super_received = super().data_received
+        read_header = f.read_header
         while pos < n:
             header = read_header(data, pos)
             if header is None:
                 break
-            if max_size is not None and header.length > max_size:
+            first, at, end, mask_at = header
+            if max_size is not None and end - at > max_size:
                 return self._pass_from(data, fed, pos)  # websockets reports it (1009)
-            end = header.end
             if end > n:
                 break
-            first = header.first
-            if plain(first):
+            if first in _PLAIN:
                 sink = self._sink
                 if sink is not None:
-                    message = f.payload_of(data, header)
-                    if first == f.FIN | f.OP_TEXT:
+                    message = data[at:end] if mask_at < 0 else apply_mask(data[at:end], data[mask_at:at])
+                    if first == _TEXT:
                         try:
                             message = message.decode()
                         except UnicodeDecodeError:
                             return self._pass_from(data, fed, pos)  # websockets reports it (1007)
                     if fed < pos:
-                        super_received(data[fed:pos])  # control frames that came before it
+                        super().data_received(data[fed:pos])  # control frames that came before it
                     fed = end
                     try:
                         sink(message)
@@ -189,7 +190,7 @@ class SpliceMixin:
                 return self._pass_from(data, fed, pos)  # fragmented or extended: websockets' alone
             pos = end
         if fed < pos:
-            super_received(data[fed:pos])
+            super().data_received(data[fed:pos])
         if pos < n:
             self._rest = data[pos:]
 
