@@ -25,16 +25,26 @@ Processes: run.py starts the workers once (`Generator`) and hands each phase
 to all of them: the worker connects its streams, reports, waits for the
 common `go` time, sends, ends its sessions and returns raw numbers. Every
 wait is bounded.
+
+`GoGenerator` does the same with the Go workers of bench/router/goharness
+(cmd/loadgen: the same schedule and numbers at a fraction of the CPU, so the
+proxy under test is not starved by its own load), driven over their
+stdin/stdout one JSON object a line; run.py uses it unless `--harness python`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import multiprocessing as mp
 import os
 import random
+import selectors
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -445,3 +455,100 @@ class Generator:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
+
+
+class GoGenerator:
+    """W Go worker processes (goharness cmd/loadgen), started once, reused for every phase; `Generator`'s interface.
+
+    Each worker reads one JSON command a line on stdin (`phase`, `go`, `abort`, `quit`) and answers one JSON
+    event a line on stdout (`connected`, `result`); round trips and send lags come back as raw float64 files."""
+
+    def __init__(self, workers: int, binary: str, log_dir: str | os.PathLike):
+        self.tmp = tempfile.mkdtemp(prefix="router-bench-gen-")
+        self.workers: list[subprocess.Popen] = []
+        self.buffers: list[bytes] = []
+        self.files: list[tuple[str, str]] = []
+        env = dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", "1"))
+        for w in range(workers):
+            with open(os.path.join(log_dir, f"generator-{w}.log"), "ab") as log:
+                proc = subprocess.Popen([binary, "--worker", str(w)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=log, env=env)
+            self.workers.append(proc)
+            self.buffers.append(b"")
+            self.files.append((os.path.join(self.tmp, f"rtts-{w}.f64"), os.path.join(self.tmp, f"lateness-{w}.f64")))
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.workers]
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def _send(self, proc: subprocess.Popen, message: dict) -> None:
+        proc.stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        proc.stdin.flush()
+
+    def start_phase(self, specs: list[PhaseSpec]) -> None:
+        for proc, spec, (rtt_file, lateness_file) in zip(self.workers, specs, self.files):
+            self._send(proc, {"cmd": "phase", **dataclasses.asdict(spec), "rtt_file": rtt_file,
+                              "lateness_file": lateness_file})
+
+    def _line(self, w: int, deadline: float, expect: str) -> dict:
+        proc = self.workers[w]
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while b"\n" not in self.buffers[w]:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sel.select(remaining):
+                    raise TimeoutError(f"load generator worker {w} sent no '{expect}' in time "
+                                       f"(alive: {proc.poll() is None})")
+                chunk = os.read(proc.stdout.fileno(), 1 << 16)
+                if not chunk:
+                    raise EOFError(f"load generator worker {w} exited ({proc.wait(5)}) before '{expect}'")
+                self.buffers[w] += chunk
+        line, _, self.buffers[w] = self.buffers[w].partition(b"\n")
+        return json.loads(line)
+
+    def wait(self, expect: str, timeout: float) -> list:
+        """One `expect` message from every worker; raises TimeoutError naming the late ones."""
+        deadline = time.monotonic() + timeout
+        out = []
+        for w in range(len(self.workers)):
+            msg = self._line(w, deadline, expect)
+            event = msg.pop("event", None)
+            if event != expect:
+                raise RuntimeError(f"load generator worker {w} sent {event!r}, expected {expect!r}")
+            if expect == "result":
+                rtt_file, lateness_file = self.files[w]
+                with open(rtt_file, "rb") as f:
+                    msg["rtts"] = f.read()
+                with open(lateness_file, "rb") as f:
+                    msg["lateness"] = f.read()
+                msg = WorkerResult(**msg)
+            out.append(msg)
+        return out
+
+    def go(self, t0: float) -> None:
+        """Start sending at `t0` on this process's time.monotonic() (the workers get it as wall-clock time)."""
+        t0_wall = time.time() + (t0 - time.monotonic())
+        for proc in self.workers:
+            self._send(proc, {"cmd": "go", "t0_wall": t0_wall, "t0_mono": t0})
+
+    def close(self) -> None:
+        for proc in self.workers:
+            try:
+                self._send(proc, {"cmd": "quit"})
+                proc.stdin.close()
+            except OSError:
+                pass
+        for proc in self.workers:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,14 +1,16 @@
 """Benchmark the router: latency it adds to each frame, and its CPU, against direct and nginx.
 
     python bench/router/run.py [--streams 100,500,1000] [--seconds 20] [--paths direct,router,nginx]
-                               [--pods 4] [--out bench/results/router-<date>.json]
+                               [--pods 4] [--harness go|python] [--out bench/results/router-<date>.json]
 
-Starts, on 127.0.0.1, --pods stand-in pods (bench/router/standin_pod.py: the
-native protocol, an immediate per-frame ack, no model), one voxfleet router
+Starts, on 127.0.0.1, --pods stand-in pods (the native protocol, an immediate
+per-frame ack, no model: Go's goharness cmd/standin, or with `--harness python`
+bench/router/standin_pod.py), one voxfleet router
 in front of them (`python -m voxfleet router ... --anonymous`) and nginx as a
 sticky WebSocket proxy (`hash $arg_session consistent`), all at once; then
 for each N and each path, one after the other in this one invocation, runs N
-real-time streams (bench/router/loadgen.py) for --seconds and measures each
+real-time streams (the load generator: goharness cmd/loadgen workers driven by
+bench/router/loadgen.py, or loadgen.py's own asyncio workers) for --seconds and measures each
 frame's round trip client-side, the CPU of the router process and of nginx
 (master + workers) from /proc, and whether the load generator kept its
 schedule. Added latency = p50/p99 through a proxy minus p50/p99 direct, at
@@ -25,6 +27,7 @@ import datetime as dt
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -48,6 +51,7 @@ PERIOD = 0.1
 AUDIO_BYTES = 3200
 """100 ms of 16 kHz mono pcm16."""
 MAX_STREAMS = 5000
+GO_BUILD = Path(__file__).resolve().parent / "goharness" / "build.sh"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="connections each generator worker opens at once (default 50)")
     ap.add_argument("--connect-timeout", type=float, default=120.0, help="seconds for all streams of a phase to be ready")
     ap.add_argument("--rest-seconds", type=float, default=3.0, help="pause between two phases, once all is idle (default 3)")
+    ap.add_argument("--harness", default="go", choices=("go", "python"),
+                    help="stand-in pods and load generator: go (bench/router/goharness, built on first use; a "
+                         "fraction of a core, so the proxy is not starved; falls back to python when it cannot be "
+                         "built) or python (standin_pod.py and loadgen.py's asyncio workers); default go")
     ap.add_argument("--out", type=Path, help="results JSON (default bench/results/router-<date>.json)")
     args = ap.parse_args(argv)
     try:
@@ -101,6 +109,31 @@ def raise_fd_limit(needed: int) -> int:
     return soft
 
 
+def build_go_harness() -> tuple[str | None, str | None]:
+    """(folder with the Go `standin` and `loadgen`, None), or (None, why not) when they cannot be built."""
+    try:
+        done = subprocess.run(["bash", str(GO_BUILD)], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"{GO_BUILD.name}: {exc}"
+    folder = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    if done.returncode != 0 or not folder:
+        return None, (done.stderr.strip() or f"{GO_BUILD.name} exited {done.returncode}")[-2000:]
+    return folder, None
+
+
+def go_version() -> str | None:
+    try:
+        return subprocess.run(["go", "version"], capture_output=True, text=True, timeout=30).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def new_generator(args: argparse.Namespace, log_dir: Path) -> loadgen.Generator | loadgen.GoGenerator:
+    if args.harness == "go":
+        return loadgen.GoGenerator(args.workers, os.path.join(args.go_dir, "loadgen"), log_dir)
+    return loadgen.Generator(args.workers)
+
+
 def router_settings(argv: list[str]) -> dict:
     """The settings the router runs with (flags, then VOXFLEET_ROUTER_* environment, then defaults)."""
     from stt_router.settings import ENV_PREFIX, RouterSettings
@@ -121,7 +154,8 @@ class Fleet:
     def __init__(self, args: argparse.Namespace, log_dir: Path):
         self.args = args
         self.log_dir = log_dir
-        self.pods = [servers.standin(i, log_dir) for i in range(args.pods)]
+        binary = os.path.join(args.go_dir, "standin") if args.harness == "go" else None
+        self.pods = [servers.standin(i, log_dir, binary) for i in range(args.pods)]
         self.router: servers.Proc | None = None
         self.pipe: servers.Proc | None = None
         self.nginx: servers.Proc | None = None
@@ -157,7 +191,7 @@ class Fleet:
     def proxy(self, path: str) -> servers.Proc | None:
         return {"router": self.router, "pipe": self.pipe, "nginx": self.nginx}.get(path)
 
-    def cpu_groups(self, generator: loadgen.Generator) -> dict[str, list[int]]:
+    def cpu_groups(self, generator: loadgen.Generator | loadgen.GoGenerator) -> dict[str, list[int]]:
         groups = {"pods": [p.pid for p in self.pods], "generator": generator.pids, "bench": [os.getpid()]}
         if self.router is not None:
             groups["router"] = [self.router.pid, *children_of(self.router.pid)]  # --workers K
@@ -192,7 +226,17 @@ class Fleet:
 
     def info(self) -> dict:
         pod_ports = [p.port for p in self.pods]
+        harness = {"name": self.args.harness, "fallback_reason": self.args.harness_fallback}
+        if self.args.harness == "go":
+            gomaxprocs = os.environ.get("GOMAXPROCS", "1")
+            harness.update(binaries=self.args.go_dir, go=go_version(),
+                           generator=f"goharness cmd/loadgen (GOMAXPROCS={gomaxprocs}) x {self.args.workers}",
+                           pods=f"goharness cmd/standin (GOMAXPROCS={gomaxprocs})")
+        else:
+            harness.update(generator=f"bench/router/loadgen.py (asyncio) x {self.args.workers}",
+                           pods="bench/router/standin_pod.py")
         out = {
+            "harness": harness,
             "pods": {"count": len(self.pods), "capacity": servers.STANDIN_CAPACITY,
                      "command": servers.python_argv_for_docs(self.pods[0].argv, self.pods[0].port, pod_ports)},
         }
@@ -233,7 +277,8 @@ def _sleep_until(t: float) -> None:
         time.sleep(min(left, 1.0))
 
 
-def run_phase(fleet: Fleet, gen: loadgen.Generator, path: str, n: int, args: argparse.Namespace) -> dict:
+def run_phase(fleet: Fleet, gen: loadgen.Generator | loadgen.GoGenerator, path: str, n: int,
+              args: argparse.Namespace) -> dict:
     specs = phase_specs(fleet, path, n, args)
     phase = {"path": path, "n": n, "error": None}
     begun = time.monotonic()
@@ -264,15 +309,27 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.out.with_suffix("")
     log_dir = log_dir.parent / (log_dir.name + "-logs")
     log_dir.mkdir(parents=True, exist_ok=True)
+    args.go_dir, args.harness_fallback = None, None
+    if args.harness == "go":
+        args.go_dir, why = build_go_harness()
+        if args.go_dir is None:
+            print(f"the Go harness cannot be built, using the Python one (--harness python):\n{why}", flush=True)
+            args.harness, args.harness_fallback = "python", why
+        else:
+            print(f"harness: Go ({args.go_dir})", flush=True)
+    command = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--harness" or a.startswith("--harness=") for a in command):
+        command += ["--harness", args.harness]  # the harness it ran with, for the docs' command line
     results = {
         "kind": "router-bench",
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "bench/router/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "bench/router/run.py", *command]),
         "git": git_state(),
         "machine": machine_info(),
         "config": {
             "streams": args.n_values, "seconds": args.seconds, "warmup_seconds": args.warmup_seconds,
             "paths": args.path_list, "pods": args.pods, "workers": args.workers, "placement": args.placement,
+            "harness": args.harness,
             "period_seconds": PERIOD, "frame_audio_bytes": AUDIO_BYTES, "open_files_limit": fds,
             "connect_concurrency": args.connect_concurrency, "rest_seconds": args.rest_seconds,
             "target_added_p99_ms": stats.TARGET_ADDED_P99_MS, "target_cpu_ratio": stats.TARGET_CPU_RATIO,
@@ -285,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results -> {out_rel}; logs -> {log_dir.relative_to(REPO) if log_dir.is_relative_to(REPO) else log_dir}",
           flush=True)
     fleet = Fleet(args, log_dir)
-    gen: loadgen.Generator | None = None
+    gen = None
     try:
         print(f"starting {args.pods} stand-in pods"
               + (", the router" if "router" in args.path_list else "")
@@ -298,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         if fleet.nginx is not None:
             print(f"  nginx {results['servers']['nginx']['version']}: workers {args.nginx_workers}, "
                   f"hash $arg_session consistent over {args.pods} pods", flush=True)
-        gen = loadgen.Generator(args.workers)
+        gen = new_generator(args, log_dir)
         save(results, args.out)
         for n in args.n_values:
             run = {"n": n, "phases": {}}
@@ -317,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                     phase = {"path": path, "n": n, "error": f"{type(exc).__name__}: {exc}"}
                     print(f"N={n} {path}: failed: {phase['error']}", flush=True)
                     gen.close()  # its workers may be out of step with this process: start fresh ones
-                    gen = loadgen.Generator(args.workers)
+                    gen = new_generator(args, log_dir)
                 run["phases"][path] = phase
                 save(results, args.out)
                 if "summary" in phase:

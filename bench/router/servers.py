@@ -37,11 +37,16 @@ class Proc(ServerProcess):
         return super().stop(timeout)
 
 
-def standin(i: int, log_dir: Path) -> Proc:
+def standin(i: int, log_dir: Path, binary: str | None = None) -> Proc:
+    """Stand-in pod i: standin_pod.py, or the Go stand-in (goharness cmd/standin) when given its binary."""
     port = free_port()
-    argv = [sys.executable, str(STANDIN), "--host", "127.0.0.1", "--port", str(port), "--pod-id", f"standin-{i}",
-            "--capacity", str(STANDIN_CAPACITY)]
-    return Proc(f"standin-{i}", argv, port, log_dir / f"standin-{i}.log")
+    args = ["--host", "127.0.0.1", "--port", str(port), "--pod-id", f"standin-{i}", "--capacity", str(STANDIN_CAPACITY)]
+    if binary is None:
+        return Proc(f"standin-{i}", [sys.executable, str(STANDIN), *args], port, log_dir / f"standin-{i}.log")
+    # one scheduler thread: a stand-in does a few microseconds of work per frame, and idle Go threads
+    # spinning for work would take CPU from the proxy under test
+    return Proc(f"standin-{i}", [binary, *args], port, log_dir / f"standin-{i}.log",
+                env={"GOMAXPROCS": os.environ.get("GOMAXPROCS", "1")})
 
 
 def router_argv(port: int, pod_urls: list[str], placement: str, extra: list[str]) -> list[str]:
@@ -186,7 +191,10 @@ def python_argv_for_docs(argv: list[str], port: int, pod_ports: list[int]) -> st
     """A process's command line as the docs show it: `python`, placeholders for ports."""
     import shlex
 
-    text = shlex.join(["python", *argv[1:]])
+    if Path(argv[0]).name == "standin":  # the Go stand-in, from bench/router/goharness/build.sh's cache folder
+        text = "$(bench/router/goharness/build.sh)/standin " + shlex.join(argv[1:])
+    else:
+        text = shlex.join(["python", *argv[1:]])
     text = text.replace(f"127.0.0.1:{port}", "127.0.0.1:<port>").replace(f"--port {port}", "--port <port>")
     for i, p in enumerate(pod_ports):
         text = text.replace(f"127.0.0.1:{p}", f"127.0.0.1:<pod{i}>")

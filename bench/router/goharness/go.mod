@@ -1,0 +1,3 @@
+module voxfleetbench
+
+go 1.26
