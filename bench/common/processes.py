@@ -8,6 +8,7 @@ SIGKILL). Only processes this benchmark started are ever signalled.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import socket
@@ -37,6 +38,15 @@ def raise_open_file_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def yield_on_wakeup() -> None:
+    """Run the calling process (and every thread it starts later) as SCHED_BATCH: its wake-ups never
+    preempt the task running on that CPU. For a benchmark's load generator and stand-in servers, which wake
+    thousands of times a second: on one small machine each of their wake-ups would otherwise preempt the
+    process under test, a cost that process would not pay with its clients and backends on other machines.
+    Also a `preexec_fn` for subprocess.Popen."""
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 @dataclass
 class ServerProcess:
     """One server on 127.0.0.1:port, run from the repository root with its output in log_path."""
@@ -58,11 +68,18 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def spawn(self, env: dict, log_mode: str = "wb", new_session: bool = False) -> None:
-        """Start argv; stdout and stderr go to log_path (opened with log_mode: "wb" or "ab")."""
+    def spawn(self, env: dict, log_mode: str = "wb", new_session: bool = False, harness: bool = False) -> None:
+        """Start argv; stdout and stderr go to log_path (opened with log_mode: "wb" or "ab").
+
+        `new_session`: its own session, hence its own autogroup where the kernel has them (a CPU share of its
+        own, as a server with its own CPU request would have). `harness`: part of the benchmark's load rather
+        than what it measures: the caller's session (one autogroup with the caller), its own process group (no
+        terminal signals), `yield_on_wakeup`."""
         with open(self.log_path, log_mode) as log:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                            start_new_session=new_session)
+                                            start_new_session=new_session and not harness,
+                                            process_group=0 if harness else None,
+                                            preexec_fn=yield_on_wakeup if harness else None)
 
     def stop(self, timeout: float) -> int | None:
         """SIGTERM, wait up to `timeout` s, then SIGKILL; the exit code (None if never started)."""

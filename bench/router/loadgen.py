@@ -53,7 +53,7 @@ from multiprocessing.connection import Connection
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import wsframes as wf  # noqa: E402
-from bench.common.processes import raise_open_file_limit  # noqa: E402
+from bench.common.processes import raise_open_file_limit, yield_on_wakeup  # noqa: E402
 
 EARLY_SECONDS = 0.001
 """A frame due within this much of now is sent now (timer resolution); it is not counted as late."""
@@ -363,8 +363,10 @@ async def run_phase(phase: PhaseSpec, worker: int, wait_go) -> WorkerResult:
 # --- the worker processes ----------------------------------------------------------
 
 
-def _worker_main(conn: Connection, worker: int) -> None:
+def _worker_main(conn: Connection, worker: int, yields: bool) -> None:
     raise_open_file_limit()
+    if yields:
+        yield_on_wakeup()
     while True:
         if not conn.poll(3600):
             return  # the parent is gone or stuck: do not linger
@@ -402,14 +404,15 @@ def _worker_main(conn: Connection, worker: int) -> None:
 
 
 class Generator:
-    """W worker processes, started once, reused for every phase."""
+    """W worker processes, started once, reused for every phase; `yields`: each runs `yield_on_wakeup`."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, yields: bool = True):
         ctx = mp.get_context("spawn")
         self.workers = []
         for w in range(workers):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, w), name=f"router-bench-gen-{w}", daemon=True)
+            proc = ctx.Process(target=_worker_main, args=(child, w, yields), name=f"router-bench-gen-{w}",
+                               daemon=True)
             proc.start()
             child.close()
             self.workers.append((proc, parent))
@@ -463,7 +466,7 @@ class GoGenerator:
     Each worker reads one JSON command a line on stdin (`phase`, `go`, `abort`, `quit`) and answers one JSON
     event a line on stdout (`connected`, `result`); round trips and send lags come back as raw float64 files."""
 
-    def __init__(self, workers: int, binary: str, log_dir: str | os.PathLike):
+    def __init__(self, workers: int, binary: str, log_dir: str | os.PathLike, yields: bool = True):
         self.tmp = tempfile.mkdtemp(prefix="router-bench-gen-")
         self.workers: list[subprocess.Popen] = []
         self.buffers: list[bytes] = []
@@ -472,7 +475,7 @@ class GoGenerator:
         for w in range(workers):
             with open(os.path.join(log_dir, f"generator-{w}.log"), "ab") as log:
                 proc = subprocess.Popen([binary, "--worker", str(w)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=log, env=env)
+                                        stderr=log, env=env, preexec_fn=yield_on_wakeup if yields else None)
             self.workers.append(proc)
             self.buffers.append(b"")
             self.files.append((os.path.join(self.tmp, f"rtts-{w}.f64"), os.path.join(self.tmp, f"lateness-{w}.f64")))

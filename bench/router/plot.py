@@ -172,6 +172,20 @@ def verdict_text(results: dict) -> str:
     return text
 
 
+def harness_text(harness: dict) -> str:
+    if harness.get("name") == "go":
+        return f"Go, `bench/router/goharness` ({harness.get('go') or 'go'})"
+    return "Python, `bench/router/standin_pod.py` and `bench/router/loadgen.py`"
+
+
+def sched_text(harness: dict) -> str:
+    groups = {True: "autogroups on", False: "autogroups off", None: "autogroups unknown"}[harness.get("autogroup")]
+    if harness.get("sched", "normal") == "batch":
+        return ("stand-ins and load generator in the benchmark's session, SCHED_BATCH (their wake-ups do not preempt "
+                f"the proxy, as with clients and pods on other machines); each proxy in a session of its own ({groups})")
+    return f"every process SCHED_OTHER in a session of its own ({groups})"
+
+
 def section(results: dict, image: Path, docs: Path, results_path: Path, plot_command: str) -> str:
     m, c, git = results["machine"], results["config"], results.get("git", {})
     srv = results.get("servers", {})
@@ -188,8 +202,10 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
         f"sequence header) every {c['period_seconds'] * 1000:g} ms for {c['seconds']:g} s (first "
         f"{c['warmup_seconds']:g} s not counted), starts spread evenly over a period; {c['workers']} load generator "
         f"processes; paths one after the other at each N: {', '.join(c['paths'])}",
-        f"- Pods: {pods.get('count', '?')} stand-ins (`bench/router/standin_pod.py`: native protocol, one `ack` "
-        f"per frame at once, no model; capacity {pods.get('capacity', '?')})",
+        f"- Pods: {pods.get('count', '?')} stand-ins (native protocol, one `ack` per frame at once, no model; "
+        f"capacity {pods.get('capacity', '?')})",
+        f"- Harness (stand-ins and load generator): {harness_text(srv.get('harness', {}))}",
+        f"- Scheduling: {sched_text(srv.get('harness', {}))}",
         f"- Router: `{router.get('command', '-')}`",
         *([f"- Pipe (the floor, no WebSocket work): `{srv['pipe']['command']}`"] if "pipe" in srv else []),
         f"- nginx: {nginx.get('version', '-')}, `worker_processes {nginx.get('workers', '-')}`, "

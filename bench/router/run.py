@@ -80,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="stand-in pods and load generator: go (bench/router/goharness, built on first use; a "
                          "fraction of a core, so the proxy is not starved; falls back to python when it cannot be "
                          "built) or python (standin_pod.py and loadgen.py's asyncio workers); default go")
+    ap.add_argument("--harness-sched", default="batch", choices=("batch", "normal"),
+                    help="how the kernel schedules the harness against the proxy under test: batch (default: stand-ins "
+                         "and generator share this process's session, hence one autogroup, and run SCHED_BATCH, so "
+                         "their wake-ups do not preempt the proxy, which has a session of its own: as if clients and "
+                         "pods were other machines) or normal (every server its own session, all SCHED_OTHER)")
     ap.add_argument("--out", type=Path, help="results JSON (default bench/results/router-<date>.json)")
     args = ap.parse_args(argv)
     try:
@@ -121,6 +126,14 @@ def build_go_harness() -> tuple[str | None, str | None]:
     return folder, None
 
 
+def autogroup_enabled() -> bool | None:
+    """Whether the kernel groups tasks by session for CPU shares (None: unknown)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
+
+
 def go_version() -> str | None:
     try:
         return subprocess.run(["go", "version"], capture_output=True, text=True, timeout=30).stdout.strip() or None
@@ -129,9 +142,10 @@ def go_version() -> str | None:
 
 
 def new_generator(args: argparse.Namespace, log_dir: Path) -> loadgen.Generator | loadgen.GoGenerator:
+    yields = args.harness_sched == "batch"
     if args.harness == "go":
-        return loadgen.GoGenerator(args.workers, os.path.join(args.go_dir, "loadgen"), log_dir)
-    return loadgen.Generator(args.workers)
+        return loadgen.GoGenerator(args.workers, os.path.join(args.go_dir, "loadgen"), log_dir, yields)
+    return loadgen.Generator(args.workers, yields)
 
 
 def router_settings(argv: list[str]) -> dict:
@@ -155,7 +169,7 @@ class Fleet:
         self.args = args
         self.log_dir = log_dir
         binary = os.path.join(args.go_dir, "standin") if args.harness == "go" else None
-        self.pods = [servers.standin(i, log_dir, binary) for i in range(args.pods)]
+        self.pods = [servers.standin(i, log_dir, binary, args.harness_sched == "batch") for i in range(args.pods)]
         self.router: servers.Proc | None = None
         self.pipe: servers.Proc | None = None
         self.nginx: servers.Proc | None = None
@@ -226,7 +240,8 @@ class Fleet:
 
     def info(self) -> dict:
         pod_ports = [p.port for p in self.pods]
-        harness = {"name": self.args.harness, "fallback_reason": self.args.harness_fallback}
+        harness = {"name": self.args.harness, "fallback_reason": self.args.harness_fallback,
+                   "sched": self.args.harness_sched, "autogroup": autogroup_enabled()}
         if self.args.harness == "go":
             gomaxprocs = os.environ.get("GOMAXPROCS", "1")
             harness.update(binaries=self.args.go_dir, go=go_version(),

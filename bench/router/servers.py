@@ -23,30 +23,35 @@ from bench.common.provenance import REPO
 
 STANDIN = Path(__file__).resolve().parent / "standin_pod.py"
 STANDIN_CAPACITY = 100_000
+
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 
 
 @dataclass
 class Proc(ServerProcess):
     env: dict = field(default_factory=dict)
+    harness: bool = False  # part of the load (run.py's --harness-sched batch), not what is measured: ServerProcess.spawn
 
     def launch(self) -> None:
-        self.spawn(dict(os.environ, PYTHONUNBUFFERED="1", **self.env), log_mode="ab", new_session=True)
+        self.spawn(dict(os.environ, PYTHONUNBUFFERED="1", **self.env), log_mode="ab", new_session=True,
+                   harness=self.harness)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         return super().stop(timeout)
 
 
-def standin(i: int, log_dir: Path, binary: str | None = None) -> Proc:
-    """Stand-in pod i: standin_pod.py, or the Go stand-in (goharness cmd/standin) when given its binary."""
+def standin(i: int, log_dir: Path, binary: str | None = None, harness: bool = True) -> Proc:
+    """Stand-in pod i: standin_pod.py, or the Go stand-in (goharness cmd/standin) when given its binary;
+    `harness`: run it as part of the load (ServerProcess.spawn), else like a proxy, in a session of its own."""
     port = free_port()
     args = ["--host", "127.0.0.1", "--port", str(port), "--pod-id", f"standin-{i}", "--capacity", str(STANDIN_CAPACITY)]
     if binary is None:
-        return Proc(f"standin-{i}", [sys.executable, str(STANDIN), *args], port, log_dir / f"standin-{i}.log")
+        return Proc(f"standin-{i}", [sys.executable, str(STANDIN), *args], port, log_dir / f"standin-{i}.log",
+                    harness=harness)
     # one scheduler thread: a stand-in does a few microseconds of work per frame, and idle Go threads
     # spinning for work would take CPU from the proxy under test
     return Proc(f"standin-{i}", [binary, *args], port, log_dir / f"standin-{i}.log",
-                env={"GOMAXPROCS": os.environ.get("GOMAXPROCS", "1")})
+                env={"GOMAXPROCS": os.environ.get("GOMAXPROCS", "1")}, harness=harness)
 
 
 def router_argv(port: int, pod_urls: list[str], placement: str, extra: list[str]) -> list[str]:
