@@ -15,16 +15,19 @@
 //	parent: the next phase, or {"cmd":"quit"} (or EOF)
 //
 // The schedule, the numbers and their meaning are loadgen.py's: stream i of N
-// sends frame k at t0 + k*period + (i/N)*period, one sender goroutine over
-// all streams in due order; one reader goroutine per connection timestamps
-// each ack as it arrives (Go's monotonic clock). Round trips and send lags of
+// sends frame k at t0 + k*period + (i/N)*period. One epoll loop on one thread
+// (internal/evloop says why) does everything: it connects (non-blocking, at
+// most connect_concurrency at a time), sends every frame that is due (within
+// 1 ms) in due order, and sleeps in epoll_wait until the next one is due or
+// an ack arrives; each ack is timestamped right after the read that brought
+// it (Go's monotonic clock). Round trips and send lags of
 // counted frames are written to rtt_file and lateness_file as little-endian
 // float64 arrays; first_send and last_send are reported on the parent's
 // monotonic clock (t0_mono), so spans compare across workers.
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"cmp"
 	"crypto/rand"
 	"encoding/binary"
@@ -34,14 +37,14 @@ import (
 	"fmt"
 	"math"
 	mrand "math/rand/v2"
-	"net"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
-	"sync"
-	"sync/atomic"
+	"syscall"
 	"time"
 
+	"voxfleetbench/internal/evloop"
 	"voxfleetbench/internal/wsframe"
 )
 
@@ -108,52 +111,89 @@ type result struct {
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
-// errorSink collects stream errors from every goroutine of a phase.
-type errorSink struct {
-	mu   sync.Mutex
-	errs []string
-}
-
-func (e *errorSink) add(format string, args ...any) {
-	e.mu.Lock()
-	e.errs = append(e.errs, fmt.Sprintf(format, args...))
-	e.mu.Unlock()
-}
-
-func (e *errorSink) capped() []string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	out := slices.Clone(e.errs[:min(len(e.errs), maxErrors)])
-	if len(e.errs) > maxErrors {
-		out = append(out, fmt.Sprintf("... %d more", len(e.errs)-maxErrors))
-	}
-	return out
-}
+// burst: after this many frames sent in a row the loop reads what has arrived (the acks' timestamps stay honest).
+const burst = 32
 
 // phase is what a worker's streams share during one phase.
 type phase struct {
 	spec   *phaseSpec
-	base   time.Time    // the origin of every timestamp below (monotonic)
-	echoes atomic.Int64 // counted echoes so far (for the tail wait)
-	errs   errorSink
+	base   time.Time // the origin of every timestamp below (monotonic)
+	echoes int       // counted echoes so far (for the tail wait)
+	errs   []string
 	audio  []byte
+	poller *evloop.Poller
+	lines  *lineReader
+	buf    []byte    // the loop's read buffer
+	conns  []*stream // by fd
+	addrs  map[string]syscall.Sockaddr
+	res    *result
+	// the connect step
+	connecting int
+	ready      []*stream
 }
+
+func (ph *phase) addError(format string, args ...any) {
+	ph.errs = append(ph.errs, fmt.Sprintf(format, args...))
+}
+
+func (ph *phase) cappedErrors() []string {
+	out := slices.Clone(ph.errs[:min(len(ph.errs), maxErrors)])
+	if len(ph.errs) > maxErrors {
+		out = append(out, fmt.Sprintf("... %d more", len(ph.errs)-maxErrors))
+	}
+	return out
+}
+
+// poll waits at most timeout for the sockets (and stdin) and serves what is ready.
+func (ph *phase) poll(timeout time.Duration) {
+	for _, ev := range ph.poller.Wait(timeout) {
+		fd := int(ev.Fd)
+		switch {
+		case fd == 0:
+			ph.lines.fill()
+		case fd < len(ph.conns) && ph.conns[fd] != nil:
+			ph.conns[fd].onEvent(ev)
+		}
+	}
+}
+
+func (ph *phase) drop(s *stream) {
+	if !s.Closed {
+		s.open = false
+		ph.conns[s.Fd] = nil
+		s.Close()
+	}
+}
+
+// connectError records why a stream did not connect (as loadgen.py: 20, then "..." for each one more).
+func (ph *phase) connectError(index int, err error) {
+	if len(ph.res.ConnectErrors) < maxErrors {
+		ph.res.ConnectErrors = append(ph.res.ConnectErrors, fmt.Sprintf("stream %d: %v", index, err))
+	} else {
+		ph.res.ConnectErrors = append(ph.res.ConnectErrors, "...")
+	}
+}
+
+// stream states
+const (
+	dialing     = iota // the TCP connect is under way
+	handshaking        // the upgrade request is sent
+	messages           // the 101 came and `start` is sent: WebSocket messages from here on
+)
 
 // stream is one session on the wire (client side).
 type stream struct {
+	evloop.Conn
 	spec   streamSpec
 	ph     *phase
+	state  int
+	key    string
 	offset time.Duration
-	c      net.Conn
 	mask   [4]byte
-	open   atomic.Bool
-	closed chan struct{} // closed when the reader goroutine is done (the connection is gone)
-	ready  chan error    // the answer to `start`
+	frames wsframe.Parser
+	frame  []byte // the masked audio frame; only its seq header changes
+	open   bool
 
-	wmu   sync.Mutex // writes: the sender and the reader (pongs, the close answer)
-	frame []byte     // the masked audio frame; only its seq header changes
-
-	mu        sync.Mutex // what the reader and the sender share
 	sent      []time.Duration
 	echoed    []bool
 	rtts      []float64
@@ -164,73 +204,133 @@ type stream struct {
 	weClosed  bool
 }
 
-func (s *stream) write(b []byte) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	_, err := s.c.Write(b)
-	return err
-}
-
 func (s *stream) control(op byte, payload []byte) {
-	s.write(wsframe.ClientFrame(op, payload, s.mask[:]))
+	s.Write(wsframe.ClientFrame(op, payload, s.mask[:]))
 }
 
-// signalReady answers the connect step once; later calls do nothing. Call with mu held.
+// signalReady ends the stream's connect step once (err == nil: it is ready); later calls do nothing.
 func (s *stream) signalReady(err error) bool {
 	if s.readied {
 		return false
 	}
 	s.readied = true
-	s.ready <- err
+	s.ph.connecting--
+	if err != nil {
+		s.ph.connectError(s.spec.Index, err)
+		s.ph.drop(s)
+	} else {
+		s.ph.ready = append(s.ph.ready, s)
+	}
 	return true
 }
 
 func (s *stream) sendFrame(seq int, now time.Duration) error {
-	s.mu.Lock()
 	s.sent[seq] = now
-	s.mu.Unlock()
 	hdr := len(s.frame) - 4 - s.ph.spec.AudioBytes
 	binary.BigEndian.PutUint32(s.frame[hdr:], uint32(seq)^binary.BigEndian.Uint32(s.mask[:]))
-	return s.write(s.frame)
+	return s.Write(s.frame)
 }
 
-// read is the stream's reader goroutine: every message, timestamped on arrival.
-func (s *stream) read(r *bufio.Reader) {
-	defer close(s.closed)
-	defer s.c.Close()
-	frames := wsframe.NewReader(r, false)
-	for {
-		op, payload, err := frames.Next()
-		now := time.Since(s.ph.base)
+func (s *stream) onEvent(ev syscall.EpollEvent) {
+	if s.state == dialing {
+		errno, err := syscall.GetsockoptInt(s.Fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+		if err == nil && errno != 0 {
+			err = syscall.Errno(errno)
+		}
+		if err == nil {
+			s.state = handshaking
+			s.key = wsframe.NewKey()
+			err = s.Write(wsframe.ClientRequest(s.spec.Host, s.spec.Port, s.spec.Path, s.key))
+		}
+		if err == nil && !s.Pending() {
+			err = s.Flush() // EPOLLOUT off
+		}
 		if err != nil {
-			s.open.Store(false)
-			s.mu.Lock()
-			if !s.signalReady(fmt.Errorf("connection lost before ready (%v)", err)) && errors.Is(err, wsframe.ErrProtocol) {
-				s.ph.errs.add("stream %d: %v", s.spec.Index, err)
-			}
-			s.mu.Unlock()
+			s.signalReady(fmt.Errorf("connect %s:%d: %v", s.spec.Host, s.spec.Port, err))
+		}
+		return
+	}
+	if evloop.Writable(ev) {
+		if err := s.Flush(); err != nil {
+			s.lost(err)
 			return
 		}
+	}
+	if evloop.Readable(ev) {
+		s.onReadable()
+	}
+}
+
+// lost: the connection failed or the server closed it.
+func (s *stream) lost(err error) {
+	s.open = false
+	if !s.signalReady(fmt.Errorf("connection lost before ready (%v)", err)) && errors.Is(err, wsframe.ErrProtocol) {
+		s.ph.addError("stream %d: %v", s.spec.Index, err)
+	}
+	s.ph.drop(s)
+}
+
+// onReadable reads once and handles every whole message that came, all timestamped after the read.
+func (s *stream) onReadable() {
+	data, err := s.Read(s.ph.buf)
+	now := time.Since(s.ph.base)
+	if err != nil {
+		s.lost(err)
+		return
+	}
+	if data == nil {
+		return
+	}
+	used := 0
+	if s.state == handshaking {
+		first, headers, n, err := wsframe.ParseHead(data)
+		if err == nil && n > 0 {
+			err = wsframe.CheckResponse(first, headers, s.key)
+		}
+		if err == nil && n > 0 {
+			err = s.Write(wsframe.ClientFrame(wsframe.OpText, []byte(start), s.mask[:]))
+		}
+		if err != nil {
+			s.signalReady(err)
+			return
+		}
+		if n == 0 {
+			s.Keep(data)
+			return
+		}
+		used, s.state = n, messages
+	}
+	for !s.Closed {
+		op, payload, n, err := s.frames.Next(data[used:])
+		if err != nil {
+			s.lost(err)
+			return
+		}
+		if n == 0 {
+			break
+		}
+		used += n
 		switch op {
 		case wsframe.OpText:
 			s.onText(payload, now)
 		case wsframe.OpPing:
 			s.control(wsframe.OpPong, payload)
 		case wsframe.OpClose:
-			s.open.Store(false)
-			s.mu.Lock()
+			s.open = false
 			s.closeCode = wsframe.CloseCode(payload)
 			answer := !s.weClosed
 			s.weClosed = true
 			if !s.signalReady(fmt.Errorf("closed %d before ready", s.closeCode)) && !s.gotEnd {
-				s.ph.errs.add("stream %d: closed %d while streaming", s.spec.Index, s.closeCode)
+				s.ph.addError("stream %d: closed %d while streaming", s.spec.Index, s.closeCode)
 			}
-			s.mu.Unlock()
-			if answer {
+			if answer && !s.Closed {
 				s.control(wsframe.OpClose, payload[:min(2, len(payload))])
 			}
 			// the server closes TCP after the closing handshake; the close timeout covers one that does not
 		}
+	}
+	if !s.Closed {
+		s.Keep(data[used:])
 	}
 }
 
@@ -247,7 +347,7 @@ func (s *stream) onText(payload []byte, now time.Duration) {
 		Message any    `json:"message"`
 	}
 	if err := json.Unmarshal(payload, &msg); err != nil {
-		s.ph.errs.add("stream %d: invalid JSON %q", s.spec.Index, payload[:min(80, len(payload))])
+		s.ph.addError("stream %d: invalid JSON %q", s.spec.Index, payload[:min(80, len(payload))])
 		return
 	}
 	switch msg.Type {
@@ -256,33 +356,25 @@ func (s *stream) onText(payload []byte, now time.Duration) {
 			s.onAck(int(f), now)
 		}
 	case "ready":
-		s.open.Store(true)
-		s.mu.Lock()
+		s.open = true
 		s.signalReady(nil)
-		s.mu.Unlock()
 	case "end":
-		s.mu.Lock()
 		s.gotEnd = true
-		s.mu.Unlock()
 	case "error":
-		s.ph.errs.add("stream %d: error %v: %v", s.spec.Index, msg.Code, msg.Message)
-		s.mu.Lock()
+		s.ph.addError("stream %d: error %v: %v", s.spec.Index, msg.Code, msg.Message)
 		s.signalReady(fmt.Errorf("refused: %v: %v", msg.Code, msg.Message))
-		s.mu.Unlock()
 	}
 	// queued, token, warning: nothing to measure
 }
 
 func (s *stream) onAck(seq int, now time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if seq < 0 || seq >= len(s.sent) || s.echoed[seq] || s.sent[seq] == 0 {
 		return
 	}
 	s.echoed[seq] = true
 	if seq >= s.ph.spec.WarmupFrames && !s.done {
 		s.rtts = append(s.rtts, (now - s.sent[seq]).Seconds())
-		s.ph.echoes.Add(1)
+		s.ph.echoes++
 	}
 }
 
@@ -312,125 +404,112 @@ func makeAudio(n int) []byte {
 	return audio
 }
 
-// connect opens one stream: TCP, handshake, `start`, `ready`; all before deadline.
-func (ph *phase) connect(spec streamSpec, deadline time.Time) (*stream, error) {
+// dial starts one stream's connect step: a non-blocking TCP connect; onEvent does the rest.
+func (ph *phase) dial(spec streamSpec) {
 	sp := ph.spec
-	s := &stream{spec: spec, ph: ph, closed: make(chan struct{}), ready: make(chan error, 1),
+	s := &stream{spec: spec, ph: ph, frames: wsframe.Parser{ExpectMasked: false},
 		offset: seconds(float64(spec.Index) / float64(sp.NTotal) * sp.Period),
 		sent:   make([]time.Duration, sp.Frames), echoed: make([]bool, sp.Frames)}
 	rand.Read(s.mask[:])
 	s.frame = wsframe.ClientFrame(wsframe.OpBinary, append(make([]byte, 4), ph.audio...), s.mask[:])
-	d := net.Dialer{Deadline: deadline}
-	c, err := d.Dial("tcp", net.JoinHostPort(spec.Host, strconv.Itoa(spec.Port)))
-	if err != nil {
-		return nil, err
+	hostPort := spec.Host + ":" + strconv.Itoa(spec.Port)
+	sa, family := ph.addrs[hostPort], syscall.AF_INET
+	if _, v6 := sa.(*syscall.SockaddrInet6); v6 {
+		family = syscall.AF_INET6
 	}
-	s.c = c
-	c.SetDeadline(deadline)
-	key := wsframe.NewKey()
-	if _, err := c.Write(wsframe.ClientRequest(spec.Host, spec.Port, spec.Path, key)); err != nil {
-		c.Close()
-		return nil, err
+	var err error
+	if sa == nil {
+		if sa, family, err = evloop.Sockaddr(spec.Host, spec.Port); err != nil {
+			ph.connectError(spec.Index, err)
+			return
+		}
+		ph.addrs[hostPort] = sa
 	}
-	r := bufio.NewReaderSize(c, 32*1024)
-	first, headers, err := wsframe.ReadHead(r)
+	fd, err := evloop.Socket(family)
 	if err == nil {
-		err = wsframe.CheckResponse(first, headers, key)
-	}
-	if err == nil {
-		_, err = c.Write(wsframe.ClientFrame(wsframe.OpText, []byte(start), s.mask[:]))
-	}
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	c.SetDeadline(time.Time{})
-	go s.read(r)
-	select {
-	case err = <-s.ready:
-	case <-time.After(time.Until(deadline)):
-		err = os.ErrDeadlineExceeded
+		if err = syscall.Connect(fd, sa); err == syscall.EINPROGRESS {
+			err = nil
+		}
+		if err == nil {
+			err = s.Attach(ph.poller, fd, true)
+		}
+		if err != nil {
+			syscall.Close(fd)
+		}
 	}
 	if err != nil {
-		c.Close()
-		return nil, err
+		ph.connectError(spec.Index, fmt.Errorf("connect %s: %v", hostPort, err))
+		return
 	}
-	return s, nil
+	for len(ph.conns) <= fd {
+		ph.conns = append(ph.conns, nil)
+	}
+	ph.conns[fd] = s
+	ph.connecting++
 }
 
 // connectAll opens every stream of the phase, ConnectConcurrency at a time, within ConnectTimeout.
-func (ph *phase) connectAll(res *result) []*stream {
-	sp := ph.spec
+func (ph *phase) connectAll() []*stream {
+	sp, res := ph.spec, ph.res
 	began := time.Now()
 	deadline := began.Add(seconds(sp.ConnectTimeout))
-	limit := make(chan struct{}, max(1, sp.ConnectConcurrency))
-	var (
-		mu      sync.Mutex
-		wg      sync.WaitGroup
-		streams []*stream
-		pending int
-	)
-	for _, spec := range sp.Streams {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case limit <- struct{}{}:
-				defer func() { <-limit }()
-			case <-time.After(time.Until(deadline)):
-				mu.Lock()
-				pending++
-				mu.Unlock()
-				return
-			}
-			s, err := ph.connect(spec, deadline)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				streams = append(streams, s)
-			case errors.Is(err, os.ErrDeadlineExceeded):
-				pending++
-			case len(res.ConnectErrors) < maxErrors:
-				res.ConnectErrors = append(res.ConnectErrors, fmt.Sprintf("stream %d: %v", spec.Index, err))
-			default:
-				res.ConnectErrors = append(res.ConnectErrors, "...")
-			}
-		}()
+	next := 0
+	for time.Now().Before(deadline) {
+		for ph.connecting < max(1, sp.ConnectConcurrency) && next < len(sp.Streams) {
+			ph.dial(sp.Streams[next])
+			next++
+		}
+		if ph.connecting == 0 && next == len(sp.Streams) {
+			break
+		}
+		ph.poll(time.Until(deadline))
 	}
-	wg.Wait()
+	pending := len(sp.Streams) - next
+	for _, s := range ph.conns {
+		if s != nil && !s.readied {
+			pending++
+			ph.drop(s)
+		}
+	}
 	if pending > 0 {
 		res.ConnectErrors = append(res.ConnectErrors, fmt.Sprintf("%d streams not ready within %g s", pending, sp.ConnectTimeout))
 	}
-	streams = slices.DeleteFunc(streams, func(s *stream) bool { return !s.open.Load() })
+	streams := slices.DeleteFunc(slices.Clone(ph.ready), func(s *stream) bool { return !s.open })
 	res.ConnectSeconds = math.Round(time.Since(began).Seconds()*1000) / 1000
 	res.Connected = len(streams)
 	return streams
 }
 
-// sendAll is loadgen._send_all: every frame of every stream on its schedule, in due order.
-func (ph *phase) sendAll(streams []*stream, t0 time.Time, t0Ref float64, res *result) []float64 {
-	sp := ph.spec
+// sendAll is loadgen._send_all: every frame of every stream on its schedule, in due order. Between
+// frames the loop waits in epoll_wait (reading acks) until the next frame is due within `early`.
+func (ph *phase) sendAll(streams []*stream, t0 time.Time, t0Ref float64) []float64 {
+	sp, res := ph.spec, ph.res
 	order := slices.Clone(streams)
 	slices.SortStableFunc(order, func(a, b *stream) int { return cmp.Compare(a.offset, b.offset) })
 	lateness := make([]float64, 0, len(streams)*max(0, sp.Frames-sp.WarmupFrames))
 	var first, last time.Time
+	inRow := 0
 	for k := range sp.Frames {
 		baseK := t0.Add(seconds(float64(k) * sp.Period))
 		for _, s := range order {
 			due := baseK.Add(s.offset)
 			now := time.Now()
-			if wait := due.Sub(now); wait > early {
-				time.Sleep(wait)
-				now = time.Now()
+			if inRow == burst { // read what has come before sending on
+				ph.poll(0)
+				inRow, now = 0, time.Now()
+			}
+			for wait := due.Sub(now); wait > early; wait = due.Sub(now) {
+				ph.poll(wait - early)
+				inRow, now = 0, time.Now()
 			}
 			res.FramesScheduled++
-			if !s.open.Load() {
+			if !s.open {
 				continue
 			}
+			inRow++
 			if err := s.sendFrame(k, now.Sub(ph.base)); err != nil {
-				s.open.Store(false)
-				ph.errs.add("stream %d: write: %v", s.spec.Index, err)
+				s.open = false
+				ph.addError("stream %d: write: %v", s.spec.Index, err)
 				continue
 			}
 			res.FramesSent++
@@ -451,26 +530,39 @@ func (ph *phase) sendAll(streams []*stream, t0 time.Time, t0Ref float64, res *re
 	return lateness
 }
 
+// closeAll closes every connection of the phase.
+func (ph *phase) closeAll() {
+	for _, s := range ph.conns {
+		if s != nil {
+			ph.drop(s)
+		}
+	}
+}
+
 // run is loadgen.run_phase: connect, report, wait for go, send, collect, end.
-func (ph *phase) run(res *result, lines <-chan string) (quit bool) {
-	sp := ph.spec
-	streams := ph.connectAll(res)
+func (ph *phase) run() (quit bool) {
+	sp, res := ph.spec, ph.res
+	defer ph.closeAll()
+	streams := ph.connectAll()
 	emit(map[string]any{"event": "connected", "connected": res.Connected, "connect_errors": nonNil(res.ConnectErrors),
 		"connect_seconds": res.ConnectSeconds})
 	var cmd command
-	select {
-	case line, ok := <-lines:
-		if !ok {
-			quit = true
-		} else if err := json.Unmarshal([]byte(line), &cmd); err != nil {
-			fmt.Fprintf(os.Stderr, "loadgen: bad command %q: %v\n", line, err)
+	goBy := time.Now().Add(seconds(sp.GoTimeout))
+	line, ok := ph.lines.next()
+	for !ok && !ph.lines.eof && time.Now().Before(goBy) {
+		if ph.lines.polled {
+			ph.poll(time.Until(goBy)) // the connections are served meanwhile
+		} else {
+			ph.lines.fill()
 		}
-	case <-time.After(seconds(sp.GoTimeout)):
+		line, ok = ph.lines.next()
+	}
+	if !ok {
+		quit = ph.lines.eof
+	} else if err := json.Unmarshal([]byte(line), &cmd); err != nil {
+		fmt.Fprintf(os.Stderr, "loadgen: bad command %q: %v\n", line, err)
 	}
 	if cmd.Cmd != "go" {
-		for _, s := range streams {
-			s.c.Close()
-		}
 		writeFloats(sp.RttFile, nil)
 		writeFloats(sp.LatenessFile, nil)
 		return quit || cmd.Cmd == "quit"
@@ -482,18 +574,17 @@ func (ph *phase) run(res *result, lines <-chan string) (quit bool) {
 	if cmd.T0Mono != nil {
 		t0Ref = *cmd.T0Mono
 	}
-	lateness := ph.sendAll(streams, t0, t0Ref, res)
+	lateness := ph.sendAll(streams, t0, t0Ref)
 
 	// the last echoes: until every counted frame is back, or the tail time is over
 	tail := time.Now().Add(seconds(sp.TailSeconds))
-	for time.Now().Before(tail) && ph.echoes.Load() < int64(res.FramesCounted) {
-		time.Sleep(20 * time.Millisecond)
+	for ph.echoes < res.FramesCounted && time.Now().Before(tail) {
+		ph.poll(time.Until(tail))
 	}
 	// a counted frame still without its echo took at least until now: it enters at that lower bound (censored)
 	end := time.Since(ph.base)
 	var rtts []float64
 	for _, s := range streams {
-		s.mu.Lock()
 		s.done = true
 		res.EchoesCounted += len(s.rtts)
 		rtts = append(rtts, s.rtts...)
@@ -503,34 +594,24 @@ func (ph *phase) run(res *result, lines <-chan string) (quit bool) {
 				res.Censored++
 			}
 		}
-		s.mu.Unlock()
 	}
 	writeFloats(sp.RttFile, rtts)
 	writeFloats(sp.LatenessFile, lateness)
 
-	// end every session and wait for the closing handshakes (bounded)
-	endFrame := func(s *stream) []byte { return wsframe.ClientFrame(wsframe.OpText, []byte(endMsg), s.mask[:]) }
+	// end every session and wait for the closing handshakes (bounded): until the servers close TCP
 	for _, s := range streams {
-		s.write(endFrame(s))
+		s.Write(wsframe.ClientFrame(wsframe.OpText, []byte(endMsg), s.mask[:]))
 	}
-	timeout := time.After(seconds(sp.CloseTimeout))
-wait:
-	for _, s := range streams {
-		select {
-		case <-s.closed:
-		case <-timeout:
-			break wait
-		}
+	closeBy := time.Now().Add(seconds(sp.CloseTimeout))
+	for slices.ContainsFunc(streams, func(s *stream) bool { return !s.Closed }) && time.Now().Before(closeBy) {
+		ph.poll(time.Until(closeBy))
 	}
 	for _, s := range streams {
-		s.mu.Lock()
 		if s.gotEnd && s.closeCode == 1000 {
 			res.EndedClean++
 		}
-		s.mu.Unlock()
-		s.c.Close() // a no-op for the closed ones
 	}
-	res.StreamErrors = ph.errs.capped()
+	res.StreamErrors = ph.cappedErrors()
 	return false
 }
 
@@ -562,19 +643,69 @@ func emit(v any) {
 	os.Stdout.Write(append(line, '\n'))
 }
 
+// lineReader reads the parent's commands from stdin (fd 0), one a line; polled: fd 0 is in the
+// loop's epoll set, so a phase can wait for `go` while it serves its connections.
+type lineReader struct {
+	buf    []byte
+	chunk  []byte
+	eof    bool
+	polled bool
+	poller *evloop.Poller
+}
+
+// next is the next whole line, if one came.
+func (r *lineReader) next() (string, bool) {
+	i := bytes.IndexByte(r.buf, '\n')
+	if i < 0 {
+		return "", false
+	}
+	line := string(r.buf[:i])
+	r.buf = r.buf[:copy(r.buf, r.buf[i+1:])]
+	return line, true
+}
+
+// fill reads stdin once (blocking when fd 0 is not polled, and never when it is: epoll said it is readable).
+func (r *lineReader) fill() {
+	n, err := syscall.Read(0, r.chunk)
+	if err == syscall.EAGAIN || err == syscall.EINTR {
+		return
+	}
+	if n <= 0 {
+		r.eof = true
+		if r.polled {
+			r.poller.Del(0) // at its end a pipe is readable for ever
+			r.polled = false
+		}
+		return
+	}
+	r.buf = append(r.buf, r.chunk[:n]...)
+	if len(r.buf) > lineMaxSize {
+		fmt.Fprintln(os.Stderr, "loadgen: command line too long")
+		os.Exit(1)
+	}
+}
+
 func main() {
 	worker := flag.Int("worker", 0, "this worker's number (reported back)")
 	flag.Parse()
-	lines := make(chan string)
-	go func() {
-		scanner := bufio.NewScanner(os.Stdin)
-		scanner.Buffer(make([]byte, 1<<20), lineMaxSize)
-		for scanner.Scan() {
-			lines <- scanner.Text()
+	runtime.LockOSThread()
+	poller, err := evloop.NewPoller()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+	lines := &lineReader{chunk: make([]byte, 1<<20), poller: poller}
+	lines.polled = poller.Add(0, false) == nil // not for a regular file
+	buf := make([]byte, evloop.ReadBytes)
+	for {
+		line, ok := lines.next()
+		if !ok {
+			if lines.eof {
+				return
+			}
+			lines.fill()
+			continue
 		}
-		close(lines)
-	}()
-	for line := range lines {
 		var head struct {
 			Cmd string `json:"cmd"`
 		}
@@ -594,9 +725,10 @@ func main() {
 			fmt.Fprintf(os.Stderr, "loadgen: bad phase: %v\n", err)
 			continue
 		}
-		ph := &phase{spec: spec, base: time.Now(), audio: makeAudio(spec.AudioBytes)}
 		res := &result{Event: "result", Worker: *worker, Streams: len(spec.Streams)}
-		quit := ph.run(res, lines)
+		ph := &phase{spec: spec, base: time.Now(), audio: makeAudio(spec.AudioBytes), poller: poller, lines: lines,
+			buf: buf, addrs: map[string]syscall.Sockaddr{}, res: res}
+		quit := ph.run()
 		res.ConnectErrors, res.StreamErrors = nonNil(res.ConnectErrors), nonNil(res.StreamErrors)
 		emit(res)
 		if quit {

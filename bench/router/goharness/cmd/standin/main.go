@@ -11,51 +11,61 @@
 // `ready`, every binary frame (seq + audio) gets the pod's `ack` at once
 // (formatted byte for byte like the Python stand-in, which the router's fast
 // path parses), `end` gets `end` and close 1000, pings get pongs; /healthz,
-// /readyz, /status and /metrics answer like standin_pod.py. One goroutine
-// per connection; each message is written with one write call.
+// /readyz, /status and /metrics answer like standin_pod.py. One epoll loop on
+// one thread serves the listener and every connection (internal/evloop says
+// why): each readiness is one read, each message one write.
 //
 // A benchmark fixture only: no resume, no audio checks. Never used outside bench/.
 package main
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
+	"voxfleetbench/internal/evloop"
 	"voxfleetbench/internal/wsframe"
 )
 
 var bytesPerSample = map[string]int{"pcm16": 2, "float32": 4}
 
+// closeWait: after our close frame, the peer has this long to answer before the connection is closed.
+const closeWait = 5 * time.Second
+
 type pod struct {
 	id            string
 	capacity      int64
-	sessions      atomic.Int64
-	sessionsTotal atomic.Int64
-	framesTotal   atomic.Int64
+	sessions      int64
+	sessionsTotal int64
+	framesTotal   int64
+
+	poller *evloop.Poller
+	conns  []*conn // by fd
+	timers []timer // closing connections, in deadline order
+}
+
+type timer struct {
+	at time.Time
+	c  *conn
 }
 
 func (p *pod) status() []byte {
 	// the field order and separators of Python's json.dumps(status) in standin_pod.py
 	id, _ := json.Marshal(p.id)
-	active := p.sessions.Load()
+	active := p.sessions
 	return fmt.Appendf(nil, `{"pod": %s, "ready": true, "draining": false, "capacity": %d, "active_sessions": %d, `+
 		`"free_slots": %d, "queue_length": 0, "model": "standin", "device": "none", "max_batch": 1, `+
 		`"frames_total": %d, "sessions_total": %d}`+"\n",
-		id, p.capacity, active, max(0, p.capacity-active), p.framesTotal.Load(), p.sessionsTotal.Load())
+		id, p.capacity, active, max(0, p.capacity-active), p.framesTotal, p.sessionsTotal)
 }
 
 func (p *pod) http(path string) []byte {
@@ -69,7 +79,7 @@ func (p *pod) http(path string) []byte {
 		return wsframe.HTTPResponse(200, "OK", p.status(), "application/json")
 	case "/metrics":
 		body := fmt.Sprintf("voxfleet_pod_sessions_active %d\nvoxfleet_pod_sessions_capacity %d\nvoxfleet_pod_ready 1\n",
-			p.sessions.Load(), p.capacity)
+			p.sessions, p.capacity)
 		return wsframe.HTTPResponse(200, "OK", []byte(body), "text/plain; version=0.0.4; charset=utf-8")
 	}
 	return wsframe.HTTPResponse(404, "Not Found", []byte("not found\n"), "text/plain; charset=utf-8")
@@ -77,49 +87,118 @@ func (p *pod) http(path string) []byte {
 
 // conn is one client connection: an HTTP request, or a WebSocket session.
 type conn struct {
+	evloop.Conn
 	pod            *pod
-	c              net.Conn
+	upgraded       bool
+	frames         wsframe.Parser
 	session        string
 	bytesPerSecond float64
 	audioBytes     int64
-	closing        bool
-	out            []byte // reused for every message written
+	closing        bool   // our close frame is sent
+	discard        bool   // after a protocol error: input is dropped until the peer hangs up (or the timer)
+	finished       bool   // the connection closes once its output is written
+	msg, out       []byte // reused for every ack and every message written
 }
 
-func (p *pod) serve(c net.Conn) {
-	s := &conn{pod: p, c: c, bytesPerSecond: 32000}
-	defer func() {
-		if s.session != "" {
-			p.sessions.Add(-1)
-		}
-		c.Close()
-	}()
-	r := bufio.NewReaderSize(c, 64*1024)
-	first, headers, err := wsframe.ReadHead(r)
-	if err != nil {
-		return
-	}
-	path := "/"
-	if parts := strings.Fields(first); len(parts) > 1 {
-		path = parts[1]
-	}
-	if !strings.EqualFold(headers["upgrade"], "websocket") {
-		c.Write(p.http(path))
-		return
-	}
-	if _, err := c.Write(wsframe.ServerResponse(headers["sec-websocket-key"])); err != nil {
-		return
-	}
-	frames := wsframe.NewReader(r, true)
-	for {
-		op, payload, err := frames.Next()
-		if err != nil {
-			if errors.Is(err, wsframe.ErrProtocol) {
-				s.close(1002, "protocol error")
-				io.Copy(io.Discard, r) // the stream is out of step: wait for the peer's end (or the 5 s timer)
-			}
+func (p *pod) accept(ln int) {
+	for range 64 { // then the connections already open get their turn
+		fd, _, err := syscall.Accept4(ln, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+		if err == syscall.EAGAIN {
 			return
 		}
+		if err != nil {
+			if err == syscall.EMFILE || err == syscall.ENFILE {
+				time.Sleep(10 * time.Millisecond) // out of file descriptors: do not spin
+				return
+			}
+			continue // e.g. ECONNABORTED
+		}
+		evloop.NoDelay(fd)
+		c := &conn{pod: p, bytesPerSecond: 32000, frames: wsframe.Parser{ExpectMasked: true}}
+		if c.Attach(p.poller, fd, false) != nil {
+			syscall.Close(fd)
+			continue
+		}
+		for len(p.conns) <= fd {
+			p.conns = append(p.conns, nil)
+		}
+		p.conns[fd] = c
+	}
+}
+
+// drop closes the connection.
+func (p *pod) drop(c *conn) {
+	if c.Closed {
+		return
+	}
+	if c.session != "" {
+		p.sessions--
+	}
+	p.conns[c.Fd] = nil
+	c.Close()
+}
+
+// finish closes the connection once what it has to say is written.
+func (s *conn) finish() {
+	s.finished = true
+	if !s.Pending() {
+		s.pod.drop(s)
+	}
+}
+
+func (s *conn) onWritable() {
+	if s.Flush() != nil || s.finished && !s.Pending() {
+		s.pod.drop(s)
+	}
+}
+
+func (s *conn) onReadable(buf []byte) {
+	data, err := s.Read(buf)
+	if err != nil {
+		s.pod.drop(s)
+		return
+	}
+	if data == nil || s.discard || s.finished {
+		return
+	}
+	used := 0
+	if !s.upgraded {
+		first, headers, n, err := wsframe.ParseHead(data)
+		if err != nil {
+			s.pod.drop(s)
+			return
+		}
+		if n == 0 {
+			s.Keep(data)
+			return
+		}
+		used = n
+		path := "/"
+		if parts := strings.Fields(first); len(parts) > 1 {
+			path = parts[1]
+		}
+		if !strings.EqualFold(headers["upgrade"], "websocket") {
+			s.Write(s.pod.http(path))
+			s.finish()
+			return
+		}
+		if s.Write(wsframe.ServerResponse(headers["sec-websocket-key"])) != nil {
+			s.pod.drop(s)
+			return
+		}
+		s.upgraded = true
+	}
+	for !s.Closed {
+		op, payload, n, err := s.frames.Next(data[used:])
+		if err != nil {
+			s.close(1002, "protocol error")
+			s.discard = true // the stream is out of step: wait for the peer's end (or the timer)
+			return
+		}
+		if n == 0 {
+			break
+		}
+		used += n
 		switch op {
 		case wsframe.OpBinary:
 			s.onFrame(payload)
@@ -132,14 +211,20 @@ func (p *pod) serve(c net.Conn) {
 				s.closing = true
 				s.write(wsframe.OpClose, payload[:min(2, len(payload))])
 			}
+			s.finish()
 			return
 		}
+	}
+	if !s.Closed {
+		s.Keep(data[used:])
 	}
 }
 
 func (s *conn) write(op byte, payload []byte) {
 	s.out = wsframe.AppendServerFrame(s.out[:0], op, payload)
-	s.c.Write(s.out)
+	if s.Write(s.out) != nil {
+		s.pod.drop(s) // the peer is gone
+	}
 }
 
 func (s *conn) onFrame(payload []byte) {
@@ -149,18 +234,18 @@ func (s *conn) onFrame(payload []byte) {
 	}
 	seq := uint32(payload[0])<<24 | uint32(payload[1])<<16 | uint32(payload[2])<<8 | uint32(payload[3])
 	s.audioBytes += int64(len(payload) - 4)
-	s.pod.framesTotal.Add(1)
+	s.pod.framesTotal++
 	seconds := float64(s.audioBytes) / s.bytesPerSecond
 	// {"type":"ack","seq":S,"committed_seq":S,"committed_seconds":T}: byte for byte the Python stand-in's
 	// (the router's fast path parses this form); header and payload in one buffer, one write
-	msg := make([]byte, 0, 96)
-	msg = append(msg, `{"type":"ack","seq":`...)
+	msg := append(s.msg[:0], `{"type":"ack","seq":`...)
 	msg = strconv.AppendUint(msg, uint64(seq), 10)
 	msg = append(msg, `,"committed_seq":`...)
 	msg = strconv.AppendUint(msg, uint64(seq), 10)
 	msg = append(msg, `,"committed_seconds":`...)
 	msg = strconv.AppendFloat(msg, seconds, 'f', 3, 64)
 	msg = append(msg, '}')
+	s.msg = msg
 	s.write(wsframe.OpText, msg)
 }
 
@@ -185,8 +270,8 @@ func (s *conn) onText(payload []byte) {
 		}
 		s.bytesPerSecond = float64(rate * width * channels)
 		s.session = newSessionID()
-		s.pod.sessions.Add(1)
-		s.pod.sessionsTotal.Add(1)
+		s.pod.sessions++
+		s.pod.sessionsTotal++
 		ready, _ := json.Marshal(struct {
 			Type        string `json:"type"`
 			SessionID   string `json:"session_id"`
@@ -221,7 +306,7 @@ func (s *conn) close(code int, reason string) {
 	}
 	s.closing = true
 	s.write(wsframe.OpClose, wsframe.ClosePayload(code, reason))
-	time.AfterFunc(5*time.Second, func() { s.c.Close() })
+	s.pod.timers = append(s.pod.timers, timer{time.Now().Add(closeWait), s})
 }
 
 func number(v any, dflt int) int {
@@ -267,6 +352,40 @@ func newSessionID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// loop serves the listener and every connection until a byte arrives on stop.
+func (p *pod) loop(ln, stop int) {
+	runtime.LockOSThread()
+	buf := make([]byte, evloop.ReadBytes)
+	for {
+		timeout := time.Duration(-1)
+		if len(p.timers) > 0 {
+			timeout = max(0, time.Until(p.timers[0].at))
+		}
+		for _, ev := range p.poller.Wait(timeout) {
+			fd := int(ev.Fd)
+			switch {
+			case fd == ln:
+				p.accept(ln)
+			case fd == stop:
+				return
+			case fd < len(p.conns) && p.conns[fd] != nil:
+				c := p.conns[fd]
+				if evloop.Writable(ev) {
+					c.onWritable()
+				}
+				if evloop.Readable(ev) && !c.Closed {
+					c.onReadable(buf)
+				}
+			}
+		}
+		for len(p.timers) > 0 && !p.timers[0].at.After(time.Now()) {
+			p.drop(p.timers[0].c) // nothing if it is closed already
+			p.timers[0] = timer{}
+			p.timers = p.timers[1:]
+		}
+	}
+}
+
 func main() {
 	host := flag.String("host", "127.0.0.1", "address to listen on")
 	port := flag.Int("port", 0, "port to listen on (required)")
@@ -277,30 +396,35 @@ func main() {
 		fmt.Fprintln(os.Stderr, "standin: --port is required")
 		os.Exit(2)
 	}
-	p := &pod{id: *podID, capacity: *capacity}
-	ln, err := net.Listen("tcp", net.JoinHostPort(*host, strconv.Itoa(*port)))
+	poller, err := evloop.NewPoller()
+	var ln int
+	if err == nil {
+		ln, err = evloop.Listen(*host, *port)
+	}
+	var pipe [2]int
+	if err == nil {
+		err = syscall.Pipe2(pipe[:], syscall.O_CLOEXEC)
+	}
+	if err == nil {
+		err = poller.Add(ln, false)
+	}
+	if err == nil {
+		err = poller.Add(pipe[0], false)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "standin:", err)
 		os.Exit(1)
 	}
+	// a signal wakes the loop through the pipe
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors: do not spin
-				continue
-			}
-			c.(*net.TCPConn).SetNoDelay(true)
-			go p.serve(c)
-		}
+		<-stop
+		syscall.Write(pipe[1], []byte{1})
 	}()
 	fmt.Printf("stand-in pod %s listening on ws://%s:%d (capacity %d)\n", *podID, *host, *port, *capacity)
-	<-stop
-	ln.Close()
-	fmt.Printf("stand-in pod %s stopped: %d sessions, %d frames\n", *podID, p.sessionsTotal.Load(), p.framesTotal.Load())
+	p := &pod{id: *podID, capacity: *capacity, poller: poller}
+	p.loop(ln, pipe[0])
+	syscall.Close(ln)
+	fmt.Printf("stand-in pod %s stopped: %d sessions, %d frames\n", *podID, p.sessionsTotal, p.framesTotal)
 }

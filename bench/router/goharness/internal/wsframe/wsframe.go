@@ -1,20 +1,20 @@
 // Package wsframe is the least of RFC 6455 that the Go router-benchmark
 // harness needs (cmd/standin, cmd/loadgen): handshakes as bytes, frames built
-// with one header per message, a blocking frame reader that unmasks.
+// with one header per message, a parser that cuts whole messages out of the
+// bytes read so far and unmasks them in place.
 //
 // It mirrors bench/router/wsframes.py: no extensions, no subprotocols, no
 // UTF-8 validation, messages up to 1 MiB. It must never be used outside bench/.
 package wsframe
 
 import (
-	"bufio"
+	"bytes"
 	"crypto/rand"
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 )
@@ -74,32 +74,32 @@ func HTTPResponse(status int, reason string, body []byte, contentType string) []
 	return append([]byte(head), body...)
 }
 
-// ReadHead reads an HTTP head up to its blank line: the first line and the headers (lower-case names).
-func ReadHead(r *bufio.Reader) (string, map[string]string, error) {
-	var first string
-	headers := map[string]string{}
-	total := 0
-	for {
-		line, err := r.ReadSlice('\n')
-		total += len(line)
-		if total > MaxHeadBytes {
-			return "", nil, fmt.Errorf("%w: HTTP head too long", ErrProtocol)
-		}
-		if err != nil {
-			return "", nil, err
-		}
-		text := strings.TrimRight(string(line), "\r\n")
-		if text == "" {
-			return first, headers, nil
-		}
-		if first == "" {
-			first = text
-			continue
-		}
-		if name, value, ok := strings.Cut(text, ":"); ok {
+// ParseHead parses the HTTP head (request or response) at the start of buf: its first line, its
+// headers (lower-case names) and its length up to and with the blank line. n == 0 (and no error)
+// means buf does not hold the whole head yet.
+func ParseHead(buf []byte) (first string, headers map[string]string, n int, err error) {
+	// end: where the last header line's "\n" is; n: the head's length with its blank line
+	end := bytes.Index(buf, []byte("\n\r\n"))
+	n = end + 3
+	if bare := bytes.Index(buf, []byte("\n\n")); bare >= 0 && (end < 0 || bare < end) {
+		end, n = bare, bare+2
+	}
+	switch {
+	case end < 0 && len(buf) > MaxHeadBytes, end >= 0 && n > MaxHeadBytes:
+		return "", nil, 0, fmt.Errorf("%w: HTTP head too long", ErrProtocol)
+	case end < 0:
+		return "", nil, 0, nil
+	}
+	headers = map[string]string{}
+	for i, line := range strings.Split(string(buf[:end+1]), "\n") {
+		line = strings.TrimRight(line, "\r")
+		if i == 0 {
+			first = line
+		} else if name, value, ok := strings.Cut(line, ":"); ok {
 			headers[strings.ToLower(strings.TrimSpace(name))] = strings.TrimSpace(value)
 		}
 	}
+	return first, headers, n, nil
 }
 
 // CheckResponse fails unless the head is the server's 101 for key.
@@ -180,86 +180,68 @@ func CloseCode(payload []byte) int {
 	return int(binary.BigEndian.Uint16(payload))
 }
 
-// Reader reads whole messages from a connection: control frames as they come
-// (also between fragments), fragmented data messages reassembled.
-type Reader struct {
-	r            *bufio.Reader
-	expectMasked bool
-	buf          []byte // the current frame's payload
+// Parser cuts whole messages out of the bytes read from a connection: control
+// frames as they come (also between fragments), fragmented data messages
+// reassembled.
+type Parser struct {
+	ExpectMasked bool // a server expects masked frames, a client unmasked ones
 	fragments    []byte
 	fragmentOp   byte
-	fragmenting  bool
 }
 
-// NewReader reads frames from r; a server expects masked frames, a client unmasked ones.
-func NewReader(r *bufio.Reader, expectMasked bool) *Reader {
-	return &Reader{r: r, expectMasked: expectMasked}
-}
-
-// Next is the next message: its opcode and payload, valid until the next call.
-func (m *Reader) Next() (byte, []byte, error) {
-	for {
-		fin, opcode, payload, err := m.frame()
-		if err != nil {
-			return 0, nil, err
-		}
-		switch {
-		case opcode >= 0x8:
-			return opcode, payload, nil
-		case opcode == OpCont:
-			m.fragments = append(m.fragments, payload...)
-			if fin {
-				m.fragmenting = false
-				return m.fragmentOp, m.fragments, nil
-			}
-		case !fin:
-			m.fragmentOp, m.fragmenting = opcode, true
-			m.fragments = append(m.fragments[:0], payload...)
-		default:
-			return opcode, payload, nil
-		}
+// Next takes the first frame of buf and returns its message: the opcode and
+// the payload (unmasked in place in buf, or reassembled; valid until buf
+// changes or the next call), and n, the bytes of buf the frame took. n == 0
+// (and no error) means buf does not hold a whole frame yet; op == OpCont
+// means the frame was a fragment that does not end its message.
+func (p *Parser) Next(buf []byte) (op byte, payload []byte, n int, err error) {
+	if len(buf) < 2 {
+		return 0, nil, 0, nil
 	}
-}
-
-func (m *Reader) frame() (bool, byte, []byte, error) {
-	var head [14]byte
-	if _, err := io.ReadFull(m.r, head[:2]); err != nil {
-		return false, 0, nil, err
+	fin, opcode, masked, length := buf[0]&0x80 != 0, buf[0]&0x0F, buf[1]&0x80 != 0, uint64(buf[1]&0x7F)
+	if masked != p.ExpectMasked {
+		return 0, nil, 0, fmt.Errorf("%w: frame masking is wrong for this direction", ErrProtocol)
 	}
-	fin, opcode, masked, length := head[0]&0x80 != 0, head[0]&0x0F, head[1]&0x80 != 0, uint64(head[1]&0x7F)
-	if masked != m.expectMasked {
-		return false, 0, nil, fmt.Errorf("%w: frame masking is wrong for this direction", ErrProtocol)
-	}
+	head := 2
 	switch length {
 	case 126:
-		if _, err := io.ReadFull(m.r, head[2:4]); err != nil {
-			return false, 0, nil, err
+		if len(buf) < 4 {
+			return 0, nil, 0, nil
 		}
-		length = uint64(binary.BigEndian.Uint16(head[2:4]))
+		length, head = uint64(binary.BigEndian.Uint16(buf[2:4])), 4
 	case 127:
-		if _, err := io.ReadFull(m.r, head[2:10]); err != nil {
-			return false, 0, nil, err
+		if len(buf) < 10 {
+			return 0, nil, 0, nil
 		}
-		length = binary.BigEndian.Uint64(head[2:10])
+		length, head = binary.BigEndian.Uint64(buf[2:10]), 10
 	}
 	if length > MaxMessageBytes {
-		return false, 0, nil, fmt.Errorf("%w: frame of %d bytes", ErrProtocol, length)
+		return 0, nil, 0, fmt.Errorf("%w: frame of %d bytes", ErrProtocol, length)
 	}
-	var key [4]byte
 	if masked {
-		if _, err := io.ReadFull(m.r, key[:]); err != nil {
-			return false, 0, nil, err
+		head += 4
+	}
+	if len(buf) < head+int(length) {
+		return 0, nil, 0, nil
+	}
+	n = head + int(length)
+	payload = buf[head:n]
+	if masked {
+		Mask(payload, buf[head-4:head], 0)
+	}
+	switch {
+	case opcode >= 0x8:
+		return opcode, payload, n, nil
+	case opcode == OpCont:
+		p.fragments = append(p.fragments, payload...)
+		if !fin {
+			return OpCont, nil, n, nil
 		}
+		return p.fragmentOp, p.fragments, n, nil
+	case !fin:
+		p.fragmentOp = opcode
+		p.fragments = append(p.fragments[:0], payload...)
+		return OpCont, nil, n, nil
 	}
-	if cap(m.buf) < int(length) {
-		m.buf = make([]byte, length)
-	}
-	payload := m.buf[:length]
-	if _, err := io.ReadFull(m.r, payload); err != nil {
-		return false, 0, nil, err
-	}
-	if masked {
-		Mask(payload, key[:], 0)
-	}
-	return fin, opcode, payload, nil
+	return opcode, payload, n, nil
 }
