@@ -123,7 +123,7 @@ class RouterServer:
             self._handle, s.host, s.port,
             process_request=self._process_request,
             max_size=s.max_frame_bytes,
-            ping_interval=20, ping_timeout=20,
+            ping_interval=s.ping_interval_seconds, ping_timeout=s.ping_timeout_seconds,
             compression=None,
             server_header="voxfleet-router",
             reuse_port=self.reuse_port or None,
@@ -317,7 +317,8 @@ class RouterServer:
 
     async def _connect_pod(self, url: str) -> PodConnection:
         return await connect(url, open_timeout=self.settings.pod_connect_timeout_seconds, max_size=None,
-                             compression=None, ping_interval=20, ping_timeout=20, close_timeout=5,
+                             compression=None, ping_interval=self.settings.ping_interval_seconds,
+                             ping_timeout=self.settings.ping_timeout_seconds, close_timeout=5,
                              user_agent_header="voxfleet-router", create_connection=PodConnection)
 
     # --- sessions

@@ -66,6 +66,9 @@ class RouterSettings:
     max_failovers: int = setting(3, "most times one session moves to another pod")
     pod_connect_timeout_seconds: float = setting(5.0, "connecting to a pod and getting its 'ready'")
     start_timeout_seconds: float = setting(10.0, "time a new connection has to send its first message")
+    ping_interval_seconds: float = setting(20.0, "keepalive: a ping on every client and pod connection at most this "
+                                                 "often (each connection draws its own period, 75-100 % of it)")
+    ping_timeout_seconds: float = setting(20.0, "keepalive: a connection whose pong is later than this is closed (1011)")
 
     # --- lifecycle
     startup_grace_seconds: float = setting(30.0, "after start, /readyz says ready even before any pod is ready "
@@ -88,6 +91,8 @@ class RouterSettings:
             raise ValueError("the replay bounds must be positive")
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
+        if self.ping_interval_seconds <= 0 or self.ping_timeout_seconds <= 0:
+            raise ValueError("--ping-interval-seconds and --ping-timeout-seconds must be positive")
         if self.status_failure_threshold < 1:
             raise ValueError("--status-failure-threshold must be at least 1")
 
