@@ -96,7 +96,7 @@ def plot(results: dict, out: Path) -> None:
         if not pts:
             continue
         ax_cpu.plot([n for n, _ in pts], [_nan(c) for _, c in pts], "o-", color=COLORS[proxy],
-                    label=f"{proxy} ({'master + workers' if proxy == 'nginx' else 'process'})")
+                    label=f"{proxy} ({_processes(results, proxy)})")
         if proxy == "nginx":
             ax_cpu.plot([n for n, _ in pts], [_nan(c) * stats.TARGET_CPU_RATIO if c is not None else float("nan")
                                               for _, c in pts], ":_", color=COLORS[proxy], markersize=14,
@@ -170,6 +170,14 @@ def verdict_text(results: dict) -> str:
     if v["flags"]:
         text += f" {len(v['flags'])} phase issue(s) flagged (last column): read those rows with care."
     return text
+
+
+def _processes(results: dict, proxy: str) -> str:
+    """What a proxy's CPU line adds up: nginx's master and workers, the router's worker processes."""
+    if proxy == "nginx":
+        return "master + workers"
+    workers = results.get("servers", {}).get(proxy, {}).get("settings", {}).get("workers", 1)
+    return f"{workers} processes" if workers > 1 else "process"
 
 
 def harness_text(harness: dict) -> str:
