@@ -23,7 +23,6 @@ from bench.common.provenance import REPO
 
 STANDIN = Path(__file__).resolve().parent / "standin_pod.py"
 STANDIN_CAPACITY = 100_000
-
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 
 
