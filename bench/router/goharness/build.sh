@@ -31,7 +31,7 @@ tmp="$(mktemp -d "$out/.build.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 (
     cd "$here"
-    export CGO_ENABLED=0 GOFLAGS=
+    export CGO_ENABLED=0 GOFLAGS= GOTOOLCHAIN=local  # never fetch a toolchain
     go build -trimpath -o "$tmp/standin" ./cmd/standin
     go build -trimpath -o "$tmp/loadgen" ./cmd/loadgen
 )
