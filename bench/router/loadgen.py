@@ -52,6 +52,7 @@ from multiprocessing.connection import Connection
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import servers  # noqa: E402
 import wsframes as wf  # noqa: E402
 from bench.common.processes import raise_open_file_limit, yield_on_wakeup  # noqa: E402
 
@@ -471,7 +472,7 @@ class GoGenerator:
         self.workers: list[subprocess.Popen] = []
         self.buffers: list[bytes] = []
         self.files: list[tuple[str, str]] = []
-        env = dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", "1"))
+        env = dict(os.environ, GOMAXPROCS=servers.go_maxprocs())
         for w in range(workers):
             with open(os.path.join(log_dir, f"generator-{w}.log"), "ab") as log:
                 proc = subprocess.Popen([binary, "--worker", str(w)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

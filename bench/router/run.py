@@ -243,7 +243,7 @@ class Fleet:
         harness = {"name": self.args.harness, "fallback_reason": self.args.harness_fallback,
                    "sched": self.args.harness_sched, "autogroup": autogroup_enabled()}
         if self.args.harness == "go":
-            gomaxprocs = os.environ.get("GOMAXPROCS", "1")
+            gomaxprocs = servers.go_maxprocs()
             harness.update(binaries=self.args.go_dir, go=go_version(),
                            generator=f"goharness cmd/loadgen (GOMAXPROCS={gomaxprocs}) x {self.args.workers}",
                            pods=f"goharness cmd/standin (GOMAXPROCS={gomaxprocs})")

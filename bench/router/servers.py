@@ -47,10 +47,15 @@ def standin(i: int, log_dir: Path, binary: str | None = None, harness: bool = Tr
     if binary is None:
         return Proc(f"standin-{i}", [sys.executable, str(STANDIN), *args], port, log_dir / f"standin-{i}.log",
                     harness=harness)
-    # one scheduler thread: a stand-in does a few microseconds of work per frame, and idle Go threads
-    # spinning for work would take CPU from the proxy under test
     return Proc(f"standin-{i}", [binary, *args], port, log_dir / f"standin-{i}.log",
-                env={"GOMAXPROCS": os.environ.get("GOMAXPROCS", "1")}, harness=harness)
+                env={"GOMAXPROCS": go_maxprocs()}, harness=harness)
+
+
+def go_maxprocs() -> str:
+    """GOMAXPROCS for the Go harness's processes: 1 unless the environment says otherwise. Each is one
+    event loop doing a few microseconds of work per message; idle Go threads spinning for work would take
+    CPU from the proxy under test."""
+    return os.environ.get("GOMAXPROCS", "1")
 
 
 def router_argv(port: int, pod_urls: list[str], placement: str, extra: list[str]) -> list[str]:
