@@ -8,7 +8,8 @@ websockets whole frames only, so its parser is always at a frame boundary.
 That makes a switch possible at any moment when its message queue is empty:
 `splice(on_message)` sends every following plain data frame (one text or
 binary message in one frame) straight to `on_message`, synchronously, from
-data_received; `send_now()` writes one data frame straight to the transport.
+data_received; `send_now()` writes one data frame, without websockets, at
+the end of the event loop's turn (see Outbox).
 
 Everything else still goes through websockets, as whole frames: ping, pong,
 close (so keepalive, the closing handshake and close codes are websockets'
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import weakref
 from typing import Callable
 
 from websockets.asyncio.client import ClientConnection
@@ -49,6 +51,43 @@ opened together (a burst of sessions, every client resuming after a restart) wou
 for as long as they live: a thousand keepalive round trips in one go take the router's event loop a few
 hundred milliseconds, which every frame in flight waits for (bench/router, 1000 streams)."""
 
+class Outbox:
+    """Frames from send_now(), written together at the end of the event loop's turn.
+
+    A frame written the moment it is relayed wakes its peer process for that one frame; the frames
+    relayed in one turn of the event loop, written together after it, wake each peer once. A router
+    behind on its reading then catches up in cheap batches instead of paying a wake-up per frame.
+    A frame waits at most for the rest of the turn it was read in. At 1000 streams on one router
+    process (bench/router) this took the frames' p99 from 21-110 ms to 2-3 ms at the same CPU.
+    One per event loop; writes keep their order per connection (websockets' own writes flush first)."""
+
+    _of: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Outbox]" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> "Outbox":
+        outbox = cls._of.get(loop)
+        if outbox is None:
+            outbox = cls._of[loop] = cls(loop)
+        return outbox
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._writes: list[tuple[asyncio.Transport, bytes]] = []
+
+    def write(self, transport: asyncio.Transport, data: bytes) -> None:
+        writes = self._writes
+        if not writes:
+            self._loop.call_soon(self.flush)
+        writes.append((transport, data))
+
+    def flush(self) -> None:
+        writes = self._writes
+        if writes:
+            self._writes = []
+            for transport, data in writes:
+                transport.write(data)
+
+
 _HTTP, _FRAMES, _PASS = 0, 1, 2  # before the handshake's end, splitting frames, websockets alone
 
 
@@ -67,6 +106,7 @@ class SpliceMixin:
         self._frame = f.client_frame if self._masked else f.server_frame  # a client masks what it writes
         protocol = self.protocol  # the message size limit: websockets >= 17 names it max_message_size
         self._max_size = getattr(protocol, "max_message_size", getattr(protocol, "max_size", None))
+        self._outbox = Outbox.of(self.loop)
         self.on_write_pause: Callable[[bool], None] | None = None  # told when the transport's buffer fills / drains
         if self.ping_interval is not None:
             self.ping_interval *= random.uniform(1.0 - KEEPALIVE_JITTER, 1.0)
@@ -100,14 +140,20 @@ class SpliceMixin:
     # --- writing
 
     def send_now(self, message: Message) -> bool:
-        """Write one data message at once, without waiting for the buffer to drain; False: not open."""
+        """Write one data message at the end of this loop turn (Outbox), without waiting for the buffer
+        to drain; False: not open."""
         if self.protocol.state is not OPEN:
             return False
         if message.__class__ is str:
-            self.transport.write(self._frame(f.OP_TEXT, message.encode()))
+            self._outbox.write(self.transport, self._frame(f.OP_TEXT, message.encode()))
         else:
-            self.transport.write(self._frame(f.OP_BINARY, message))
+            self._outbox.write(self.transport, self._frame(f.OP_BINARY, message))
         return True
+
+    def send_data(self) -> None:
+        """websockets' own writes (pong, close, send()) go after the data frames queued before them."""
+        self._outbox.flush()
+        super().send_data()
 
     # --- flow control
 
