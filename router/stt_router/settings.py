@@ -66,8 +66,9 @@ class RouterSettings:
     max_failovers: int = setting(3, "most times one session moves to another pod")
     pod_connect_timeout_seconds: float = setting(5.0, "connecting to a pod and getting its 'ready'")
     start_timeout_seconds: float = setting(10.0, "time a new connection has to send its first message")
-    ping_interval_seconds: float = setting(20.0, "keepalive: a ping on every client and pod connection at most this "
-                                                 "often (each connection draws its own period, 75-100 % of it)")
+    ping_interval_seconds: float = setting(20.0, "keepalive: a client or pod connection that received nothing for "
+                                                 "this long is pinged (each connection draws its own period, "
+                                                 "75-100 % of it)")
     ping_timeout_seconds: float = setting(20.0, "keepalive: a connection whose pong is later than this is closed (1011)")
 
     # --- lifecycle

@@ -12,8 +12,8 @@ data_received; `send_now()` writes one data frame, without websockets, at
 the end of the event loop's turn (see Outbox).
 
 Everything else still goes through websockets, as whole frames: ping, pong,
-close (so keepalive, the closing handshake and close codes are websockets'
-own). A data frame the fast path does not take (fragmented, with extension
+close (so pongs, the closing handshake and close codes are websockets' own;
+keepalive is websockets' too, but pings only quiet connections). A data frame the fast path does not take (fragmented, with extension
 bits, invalid UTF-8 text, larger than max_size) ends the splice for good on
 that connection: from that frame on websockets parses the stream and recv()
 reads it, with its own errors and close codes.
@@ -34,6 +34,7 @@ from typing import Callable
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode
 from websockets.protocol import CLIENT, OPEN
 
 from stt_router import frames as f
@@ -108,6 +109,7 @@ class SpliceMixin:
         self._max_size = getattr(protocol, "max_message_size", getattr(protocol, "max_size", None))
         self._outbox = Outbox.of(self.loop)
         self.on_write_pause: Callable[[bool], None] | None = None  # told when the transport's buffer fills / drains
+        self._reads = 0  # reads so far: what keepalive() looks at to skip the ping of a connection in use
         if self.ping_interval is not None:
             self.ping_interval *= random.uniform(1.0 - KEEPALIVE_JITTER, 1.0)
 
@@ -178,9 +180,37 @@ class SpliceMixin:
         if self.on_write_pause is not None:
             self.on_write_pause(False)
 
+    # --- keepalive
+
+    async def keepalive(self) -> None:
+        """websockets' keepalive (a ping every interval, the connection failed with 1011 when its pong is
+        later than the timeout), except that a connection which received anything during the interval is
+        not pinged: a streaming session's frames, acks and results show its peer is there. Only quiet
+        connections pay for ping round trips (a proxy's idle timeout, which nginx also uses)."""
+        seen = self._reads
+        try:
+            while True:
+                await asyncio.sleep(self.ping_interval)
+                if self._reads != seen:
+                    seen = self._reads
+                    continue
+                pong = await self.ping()
+                if self.ping_timeout is not None:
+                    try:
+                        async with asyncio.timeout(self.ping_timeout):
+                            await pong
+                    except TimeoutError:
+                        async with self.send_context():
+                            self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                        return
+                seen = self._reads  # the pong itself is not traffic
+        except Exception:
+            log.warning("keepalive ping failed", exc_info=True)
+
     # --- reading
 
     def data_received(self, data: bytes) -> None:
+        self._reads += 1
         if self._mode == _PASS:
             return super().data_received(data)
         if self._mode == _HTTP:

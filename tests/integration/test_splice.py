@@ -9,12 +9,16 @@ everything it does not take must still reach websockets whole.
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import struct
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
+from stt_router import frames as f
 from stt_router.splice import PodConnection, RouterServerConnection
 
 pytestmark = pytest.mark.integration
@@ -170,3 +174,45 @@ async def test_a_refused_handshake_fails_at_once_with_its_status():
         with pytest.raises(InvalidStatus) as refused:
             await connect(f"ws://127.0.0.1:{port}/nowhere", create_connection=PodConnection, open_timeout=10)
     assert refused.value.response.status_code == 404
+
+
+async def raw_websocket(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client that does only the upgrade: what it writes and answers is the test's choice (no automatic pong)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+    return reader, writer
+
+
+async def read_frames(reader: asyncio.StreamReader, got: list[tuple[int, bytes]]) -> None:
+    """(opcode, payload) of every frame a server sends (unmasked), until it closes."""
+    while True:
+        first, second = await reader.readexactly(2)
+        n = second & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", await reader.readexactly(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", await reader.readexactly(8))[0]
+        got.append((first & 0x0F, await reader.readexactly(n)))
+
+
+async def test_keepalive_pings_only_a_quiet_connection_and_fails_it_when_the_pong_is_late():
+    handler = Spliced()
+    async with serve(handler, "127.0.0.1", 0, create_connection=RouterServerConnection, compression=None,
+                     ping_interval=1.0, ping_timeout=0.5) as server:
+        reader, writer = await raw_websocket(server.sockets[0].getsockname()[1])
+        got: list[tuple[int, bytes]] = []
+        frames = asyncio.create_task(read_frames(reader, got))
+        for i in range(50):  # 2.5 s of traffic, a frame every 50 ms: over two ping periods
+            writer.write(f.client_frame(f.OP_BINARY, bytes([i])))
+            await asyncio.sleep(0.05)
+        await until(lambda: len(handler.spliced) + len(handler.received) == 50, "every frame")
+        assert got == []  # a connection in use is not pinged
+        await until(lambda: any(op == f.OP_PING for op, _ in got), "a ping once the connection is quiet")
+        await until(lambda: any(op == f.OP_CLOSE for op, _ in got), "the close after an unanswered ping")
+        close = next(payload for op, payload in got if op == f.OP_CLOSE)
+        assert struct.unpack("!H", close[:2])[0] == 1011
+        frames.cancel()
+        writer.close()
