@@ -86,7 +86,11 @@ class Outbox:
         if writes:
             self._writes = []
             for transport, data in writes:
-                transport.write(data)
+                try:
+                    transport.write(data)
+                except Exception:  # one broken connection must not cost the others their frames
+                    log.exception("relayed write failed; the connection is dropped")
+                    transport.abort()
 
 
 _HTTP, _FRAMES, _PASS = 0, 1, 2  # before the handshake's end, splitting frames, websockets alone
