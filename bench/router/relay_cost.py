@@ -1,16 +1,20 @@
 """The router's own Python work per relayed frame, in one process, without sockets.
 
-    python bench/router/relay_cost.py [--sessions 1000] [--rounds 40]
+    python bench/router/relay_cost.py [--sessions 1000] [--rounds 40] [--relay native|forward]
 
 Builds `--sessions` real relays (NativeRelay over the router's own spliced
 client and pod connections, websockets' protocol objects underneath), with
 transports that only count what is written, and lets each session relay one
 audio frame (100 ms, client to pod) and the pod's ack (pod to client) per
 round, going round robin over the sessions as 1000 real streams would. It
-prints the CPU time per frame and ack. No system calls and no event loop
-turns are in the measurement: it isolates what a change to splice.py,
-relay.py, replay.py or frames.py costs, which the end-to-end benchmark
-(run.py) can only show through the noise of the whole machine.
+prints the CPU time per frame and ack. No system calls are in the
+measurement, and one event loop turn per round (relayed frames are written at
+the end of a turn): it isolates what a change to splice.py, relay.py,
+replay.py or frames.py costs, which the end-to-end benchmark (run.py) can
+only show through the noise of the whole machine. `--relay forward` passes
+each message to the other side unchanged over the same connections: the cost
+of splitting, unmasking, masking and writing frames alone, without the
+replay tail and the translation.
 
 CPU time is noisy on a shared machine; instruction counts are not. For a
 stable figure, count instructions with valgrind (rounds R2 minus rounds R1
@@ -101,18 +105,24 @@ def opened(connection):
     return connection
 
 
-async def measure(sessions: int, rounds: int) -> float:
+async def measure(sessions: int, rounds: int, relay_kind: str = "native") -> float:
     router = Router()
     server = SimpleNamespace(logger=None, handler=lambda c: asyncio.sleep(3600), handler_tasks=set())
     relays = []
     for i in range(sessions):
         client = opened(RouterServerConnection(ServerProtocol(), server))
         pod = opened(PodConnection(ClientProtocol(parse_uri(POD.url))))
-        relay = NativeRelay(router, client, RelayState.new(Pin(f"s{i}", POD.name, POD.url, "t"), 30.0, 1 << 30))
-        relays.append((client, pod, asyncio.create_task(relay.run(POD, pod)), relay))
+        if relay_kind == "native":
+            relay = NativeRelay(router, client, RelayState.new(Pin(f"s{i}", POD.name, POD.url, "t"), 30.0, 1 << 30))
+            relays.append((client, pod, asyncio.create_task(relay.run(POD, pod)), relay))
+        else:  # forward: each message straight to the other side, unchanged (no tail, no translation)
+            client.splice(pod.send_now)
+            pod.splice(client.send_now)
+            relays.append((client, pod, None, None))
     for _ in range(5):
         await asyncio.sleep(0)  # the readers splice and the pod senders hand over to the client readers
-    if not all(relay._live is pod and client.is_spliced and pod.is_spliced for client, pod, _, relay in relays):
+    if not all((relay is None or relay._live is pod) and client.is_spliced and pod.is_spliced
+               for client, pod, _, relay in relays):
         raise SystemExit("the relays did not reach their spliced, live state: nothing comparable to measure")
     audio, mask = os.urandom(AUDIO_BYTES), os.urandom(4)
     frames = [f.client_frame(f.OP_BINARY, p.pack_frame(k, audio), mask) for k in range(rounds)]
@@ -130,7 +140,8 @@ async def measure(sessions: int, rounds: int) -> float:
     if pod.transport.writes != rounds or client.transport.writes != rounds:
         raise SystemExit(f"expected {rounds} writes each way, got {pod.transport.writes} / {client.transport.writes}")
     for _, _, task, _ in relays:
-        task.cancel()
+        if task is not None:
+            task.cancel()
     return spent / (sessions * rounds)
 
 
@@ -138,9 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=int, default=1000, help="relays, visited round robin (default 1000)")
     ap.add_argument("--rounds", type=int, default=40, help="frames (and acks) per session (default 40)")
+    ap.add_argument("--relay", choices=("native", "forward"), default="native",
+                    help="native: the router's NativeRelay (default); forward: the same connections, each message "
+                         "passed to the other side unchanged: what splitting, (un)masking and writing frames cost "
+                         "without the replay tail and the translation")
     args = ap.parse_args(argv)
-    per = asyncio.run(measure(args.sessions, args.rounds))
-    print(f"{per * 1e6:.2f} us CPU per frame and ack ({args.sessions} sessions x {args.rounds} rounds)")
+    per = asyncio.run(measure(args.sessions, args.rounds, args.relay))
+    print(f"{per * 1e6:.2f} us CPU per frame and ack ({args.relay}, {args.sessions} sessions x {args.rounds} rounds)")
     return 0
 
 
