@@ -13,9 +13,10 @@ the end of the event loop's turn (see Outbox).
 
 Everything else still goes through websockets, as whole frames: ping, pong,
 close (so pongs, the closing handshake and close codes are websockets' own;
-keepalive is websockets' too, but pings only quiet connections). A data frame the fast path does not take (fragmented, with extension
-bits, invalid UTF-8 text, larger than max_size) ends the splice for good on
-that connection: from that frame on websockets parses the stream and recv()
+keepalive is websockets' too, but pings only quiet connections). A data
+frame the fast path does not take (fragmented, with extension bits, invalid
+UTF-8 text, larger than max_size) ends the splice for good on that
+connection: from that frame on websockets parses the stream and recv()
 reads it, with its own errors and close codes.
 
 `unspliced()` completes when the splice ends (that fallback, a close frame,
@@ -51,6 +52,7 @@ KEEPALIVE_JITTER = 0.25
 opened together (a burst of sessions, every client resuming after a restart) would otherwise ping together
 for as long as they live: a thousand keepalive round trips in one go take the router's event loop a few
 hundred milliseconds, which every frame in flight waits for (bench/router, 1000 streams)."""
+
 
 class Outbox:
     """Frames from send_now(), written together at the end of the event loop's turn.
@@ -207,7 +209,7 @@ class SpliceMixin:
                         async with self.send_context():
                             self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
                         return
-                seen = self._reads  # the pong itself is not traffic
+                seen = self._reads  # the pong is a read too: the next interval starts now
         except Exception:
             log.warning("keepalive ping failed", exc_info=True)
 

@@ -144,6 +144,13 @@ async def test_send_now_writes_frames_plain_websockets_peers_accept():
     assert got == sent and echoed == sent
     assert not pod.send_now(b"after close")
 
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", create_connection=PodConnection, compression=None) as pod:
+            assert pod.send_now(b"queued")  # written at the end of the loop's turn...
+            await pod.send(b"sent")  # ...but websockets' own write goes after it all the same
+            assert [await asyncio.wait_for(pod.recv(), 10) for _ in range(2)] == [b"queued", b"sent"]
+
     handler = Spliced()
     async with serve(handler, "127.0.0.1", 0, create_connection=RouterServerConnection, compression=None) as server:
         port = server.sockets[0].getsockname()[1]
