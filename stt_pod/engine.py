@@ -1,18 +1,25 @@
 """The pod's one resident Whisper model, decoding many sessions' windows per call.
 
-`WhisperEngine.decode` takes a batch of audio windows (from any sessions) and
-returns each window's words with timestamps, in one batched encoder pass, one
-batched generate and one batched alignment in CTranslate2 - what
+`WhisperEngine.decode` takes a batch of windows (from any sessions), each its
+audio and the text said before it, and returns each window's words with
+timestamps and probabilities: per group of windows, one batched encoder
+pass, one batched generate and one batched alignment in CTranslate2 - what
 faster-whisper's BatchedInferencePipeline does inside, minus its assumption
 that all windows come from one file.
 
-Two choices make it cheap enough for live streams on a CPU:
+Choices that make it accurate and cheap enough for live streams on a CPU:
+- each window is conditioned on its session's earlier final text (Whisper is
+  trained that way; an utterance decoded alone loses words offline decoding
+  gets). CTranslate2's batched generate needs the `<|startoftranscript|>`
+  token at one position in every row, so windows are grouped by prompt
+  length rounded down to a power of two and each prompt is trimmed from the
+  left to its group's length: a batch of sessions costs a few generate calls
+  at most, and a session's words depend on its own text only;
 - the encoder input is cut to the window (plus `encode_pad_seconds`, rounded
-  up to `encode_bucket_seconds` so a batch shares one length) instead of
+  up to `encode_bucket_seconds` so a group shares one length) instead of
   Whisper's fixed 30 s: the encoder's cost follows the audio, not the 30 s;
-- no previous-text prompt: CTranslate2 needs the same prompt length across a
-  batch, and without one a session's words do not depend on who it shares a
-  batch with.
+- Whisper's own safeguards: a window whose text loops is decoded again with
+  the full 30 s input, then at rising temperatures, as faster-whisper does.
 
 It is called from one worker thread (CTranslate2 releases the GIL).
 """
@@ -25,6 +32,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -37,11 +45,16 @@ DEFAULT_MODEL = "tiny.en"
 FRAMES_PER_SECOND = 100  # mel frames
 MAX_FRAMES = 3000  # Whisper's 30 s context
 MAX_NEW_TOKENS = 220
+MAX_LENGTH = 448  # Whisper's decoder context, prompt included
 TOKENS_BASE = 8  # a window may hold this many tokens plus TOKENS_PER_SECOND per second;
 TOKENS_PER_SECOND = 7  # more means the decoder is looping (fast speech is ~4 tokens/s)
 MAX_COMPRESSION_RATIO = 2.4  # Whisper's own threshold for repetitive text
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
+MAX_PROMPT_TOKENS = 223  # Whisper's limit: half its 448-token context, less <|startofprev|>
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)  # faster-whisper's defaults after 0
+BEST_OF = 5  # candidates sampled per fallback temperature (faster-whisper's best_of)
+PROMPT_RESET_TEMPERATURE = 0.5  # from here on a fallback decodes without the previous text, as Whisper does
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
@@ -64,6 +77,27 @@ def resolve_model(model: str) -> str:
     return model
 
 
+class Window(Protocol):
+    """What the engine decodes: audio, the session's own prompt, and the text said before the audio."""
+
+    audio: np.ndarray
+    prompt: str  # the session's initial prompt / hotwords: kept whole
+    previous: str  # recent final text before the audio: trimmed from the left to fit
+    prefix: str  # final text inside the audio: forced as the transcript's start, not returned
+    full_input: bool  # encode Whisper's whole 30 s input (accurate) instead of the audio plus a pad (cheap)
+
+
+@dataclass(frozen=True)
+class Plain:
+    """A window with no text around it (warm-up, tests)."""
+
+    audio: np.ndarray
+    prompt: str = ""
+    previous: str = ""
+    prefix: str = ""
+    full_input: bool = False
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model: str = DEFAULT_MODEL
@@ -74,6 +108,35 @@ class EngineConfig:
     encode_pad_seconds: float = 4.0
     encode_bucket_seconds: float = 2.0
     language: str = "en"
+    prompt_tokens: int = 64  # most previous-text tokens a window is conditioned on; 0: none
+    temperature_fallback: bool = True
+
+
+def prompt_group(length: int, limit: int) -> int:
+    """The prompt length a window of `length` prompt tokens is decoded with: a power of two, at most `limit`."""
+    length = min(length, limit)
+    return 0 if length <= 0 else 1 << (length.bit_length() - 1)
+
+
+@dataclass
+class _Attempt:
+    ids: list[int]
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    budget: float
+
+    @property
+    def silent(self) -> bool:
+        return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOGPROB_THRESHOLD
+
+    @property
+    def loops(self) -> bool:
+        return len(self.ids) >= self.budget or self.compression_ratio > MAX_COMPRESSION_RATIO
+
+    @property
+    def failed(self) -> bool:
+        return not self.silent and (self.loops or self.avg_logprob < LOGPROB_THRESHOLD)
 
 
 class WhisperEngine:
@@ -94,7 +157,7 @@ class WhisperEngine:
         self.tokenizer = Tokenizer(
             self.model.hf_tokenizer, multilingual, task="transcribe", language=config.language if multilingual else "en"
         )
-        self.prompt = self.model.get_prompt(self.tokenizer, [], without_timestamps=True)
+        self._suffix = self.model.get_prompt(self.tokenizer, [], without_timestamps=True)
         self.load_seconds = time.monotonic() - started
         self.name = config.model
 
@@ -105,65 +168,127 @@ class WhisperEngine:
         frames = int(math.ceil(seconds / bucket) * bucket * FRAMES_PER_SECOND)
         return min(MAX_FRAMES, frames + frames % 2)
 
-    def decode(self, windows: list[np.ndarray]) -> list[list[Word]]:
-        """Words of each window, times in seconds from the window's start.
+    def prompt_tokens(self, window: Window) -> list[int]:
+        """The text tokens a window is conditioned on, before grouping: its prompt, then its previous text."""
+        own = self._encode_text(window.prompt)[:MAX_PROMPT_TOKENS]
+        room = min(self.config.prompt_tokens, MAX_PROMPT_TOKENS - len(own))
+        previous = self._encode_text(window.previous) if room > 0 else []
+        return own + previous[len(previous) - room:] if previous else own
 
-        A window whose text comes out repetitive (Whisper's looping failure,
-        more likely on a cut encoder input) is decoded again with the full
-        30 s context, as Whisper's own fallback would.
-        """
+    def decode(self, windows: Sequence[Window]) -> list[list[Word]]:
+        """Words of each window, times in seconds from the window's start."""
         if not windows:
             return []
-        frames = max(self.window_frames(len(w)) for w in windows)
-        words, failed = self._pass(windows, frames)
-        if failed and frames < MAX_FRAMES:
-            retried, _ = self._pass([windows[i] for i in failed], MAX_FRAMES)
-            for i, w in zip(failed, retried):
-                words[i] = w
-        return words
+        tokens = [self.prompt_tokens(w) for w in windows]
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for i, t in enumerate(tokens):
+            groups.setdefault((windows[i].full_input, prompt_group(len(t), MAX_PROMPT_TOKENS)), []).append(i)
+        out: list[list[Word]] = [[] for _ in windows]
+        for (full_input, length), members in groups.items():
+            prompts = [tokens[i][len(tokens[i]) - length:] if length else [] for i in members]
+            prefixes = [self._encode_text(windows[i].prefix) for i in members]
+            audio = [windows[i].audio for i in members]
+            for i, words in zip(members, self._decode_group(audio, prompts, prefixes, full_input)):
+                out[i] = words
+        return out
 
-    def _pass(self, windows: list[np.ndarray], frames: int) -> tuple[list[list[Word]], list[int]]:
-        from faster_whisper.transcribe import get_compression_ratio, merge_punctuations
+    def _encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(" " + text.strip()) if text.strip() else []
 
+    def _prompt(self, text_tokens: list[int]) -> list[int]:
+        return ([self.tokenizer.sot_prev] + text_tokens if text_tokens else []) + self._suffix
+
+    def _decode_group(self, audio: list[np.ndarray], texts: list[list[int]], prefixes: list[list[int]],
+                      full_input: bool) -> list[list[Word]]:
+        """One group of equal prompt length: decode, retry what loops or fails, align."""
+        prompts = [self._prompt(t) + f for t, f in zip(texts, prefixes)]
+        frames = MAX_FRAMES if full_input else max(self.window_frames(len(a)) for a in audio)
+        encoded = self._encode(audio, frames)
+        attempts = self._generate(encoded, audio, prompts)
+        retry = [i for i, a in enumerate(attempts) if a.loops] if frames < MAX_FRAMES else []
+        full = None
+        if retry:  # a cut encoder input loops more often: first the full 30 s, as Whisper hears it
+            full = self._encode([audio[i] for i in retry], MAX_FRAMES)
+            for i, a in zip(retry, self._generate(full, [audio[i] for i in retry], [prompts[i] for i in retry])):
+                attempts[i] = self._better(attempts[i], a)
+        if self.config.temperature_fallback:
+            for temperature in FALLBACK_TEMPERATURES:
+                failed = [i for i, a in enumerate(attempts) if a.failed]
+                if not failed:
+                    break
+                reset = temperature >= PROMPT_RESET_TEMPERATURE
+                retried = [self._prompt([]) + prefixes[i] if reset else prompts[i] for i in failed]
+                enc = self._encode([audio[i] for i in failed], MAX_FRAMES)
+                for i, a in zip(failed, self._generate(enc, [audio[i] for i in failed], retried, temperature)):
+                    attempts[i] = self._better(attempts[i], a)
+        tokens = []
+        for a, prefix in zip(attempts, prefixes):
+            ids = a.ids[len(prefix):] if a.ids[: len(prefix)] == prefix else []
+            if a.silent:
+                ids = []
+            elif a.loops:  # every try looped: keep what fits the budget at most
+                ids = ids[: max(0, int(a.budget) - len(prefix))] if a.compression_ratio <= MAX_COMPRESSION_RATIO else []
+            tokens.append(prefix + ids if ids else [])
+        # Alignment runs over one encoder output: the cut one, or the full 30 s where every row was retried.
+        if full is not None and len(retry) == len(audio):
+            encoded, frames = full, MAX_FRAMES
+        aligned = self._align(tokens, encoded, [min(len(a) // (SR // FRAMES_PER_SECOND), frames) for a in audio])
+        from faster_whisper.transcribe import merge_punctuations
+
+        out: list[list[Word]] = []
+        for alignment, prefix in zip(aligned, prefixes):
+            merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
+            new, covered = [], 0
+            for a in alignment:  # the prefix's words were said already: only what follows is returned
+                if covered >= len(prefix) and a["word"]:
+                    new.append(Word(a["word"], float(a["start"]), float(a["end"]), float(a.get("probability", 0.0))))
+                covered += len(a["tokens"])
+            out.append(new)
+        return out
+
+    @staticmethod
+    def _better(old: _Attempt, new: _Attempt) -> _Attempt:
+        """The try to keep: one that passes over one that fails, else the likelier."""
+        if old.failed != new.failed:
+            return old if new.failed else new
+        if old.loops != new.loops:
+            return old if new.loops else new
+        return new if new.avg_logprob > old.avg_logprob else old
+
+    def _encode(self, audio: list[np.ndarray], frames: int):
         padded_len = frames * (SR // FRAMES_PER_SECOND)
         features = np.stack([
-            self.model.feature_extractor(np.pad(w[:padded_len], (0, padded_len - len(w[:padded_len]))), padding=0)[:, :frames]
-            for w in windows
+            self.model.feature_extractor(np.pad(a[:padded_len], (0, padded_len - len(a[:padded_len]))), padding=0)[:, :frames]
+            for a in audio
         ])
-        encoded = self.model.encode(features)
-        longest = max(len(w) for w in windows) / SR
+        return self.model.encode(features)
+
+    def _generate(self, encoded, audio: list[np.ndarray], prompts: list[list[int]],
+                  temperature: float = 0.0) -> list[_Attempt]:
+        from faster_whisper.transcribe import get_compression_ratio
+
+        longest = max(len(a) for a in audio) / SR
         max_new = min(MAX_NEW_TOKENS, int(TOKENS_BASE + TOKENS_PER_SECOND * longest))
+        sampling = (dict(beam_size=1, num_hypotheses=BEST_OF, sampling_topk=0, sampling_temperature=temperature)
+                    if temperature > 0 else dict(beam_size=self.config.beam_size))
         results = self.model.model.generate(
-            encoded,
-            [self.prompt] * len(windows),
-            beam_size=self.config.beam_size,
-            max_length=len(self.prompt) + max_new,
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=[-1],
+            encoded, prompts, max_length=min(MAX_LENGTH, max(len(p) for p in prompts) + max_new), return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1], **sampling,
         )
-        tokens: list[list[int]] = []
-        failed: list[int] = []
-        for i, (window, result) in enumerate(zip(windows, results)):
-            ids = [t for t in result.sequences_ids[0] if t < self.tokenizer.eot]
-            budget = TOKENS_BASE + TOKENS_PER_SECOND * len(window) / SR
-            avg_logprob = result.scores[0] * len(ids) / (len(ids) + 1) if ids else -math.inf
-            if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
-                ids = []
-            elif len(ids) >= budget or get_compression_ratio(self.tokenizer.decode(ids)) > MAX_COMPRESSION_RATIO:
-                failed.append(i)
-                ids = ids[: int(budget)] if frames >= MAX_FRAMES else []
-            tokens.append(ids)
-        aligned = self._align(tokens, encoded, [min(len(w) // (SR // FRAMES_PER_SECOND), frames) for w in windows])
-        out: list[list[Word]] = []
-        for alignment in aligned:
-            merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
-            out.append([Word(a["word"], float(a["start"]), float(a["end"])) for a in alignment if a["word"]])
-        return out, failed
+        attempts = []
+        for a, result in zip(audio, results):
+            best = None
+            for seq, score in zip(result.sequences_ids, result.scores):
+                ids = [t for t in seq if t < self.tokenizer.eot]  # the prefix, then what the model said
+                avg = score * len(ids) / (len(ids) + 1) if ids else -math.inf
+                attempt = _Attempt(ids, avg, get_compression_ratio(self.tokenizer.decode(ids)) if ids else 0.0,
+                                   result.no_speech_prob, TOKENS_BASE + TOKENS_PER_SECOND * len(a) / SR)
+                best = attempt if best is None else self._better(best, attempt)
+            attempts.append(best)
+        return attempts
 
     def _align(self, tokens: list[list[int]], encoded, num_frames: list[int]) -> list[list[dict]]:
-        """Word timings by cross-attention alignment, for the whole batch at once."""
+        """Word timings by cross-attention alignment, for the whole group at once."""
         if not any(tokens):
             return [[] for _ in tokens]
         # Every row of the batch is aligned; an empty one gets a stand-in, discarded.
@@ -190,5 +315,5 @@ class WhisperEngine:
         """Decode a second of noise so the first real session pays no start-up cost."""
         started = time.monotonic()
         rng = np.random.default_rng(0)
-        self.decode([rng.normal(0, 0.01, SR).astype(np.float32)])
+        self.decode([Plain(rng.normal(0, 0.01, SR).astype(np.float32))])
         return time.monotonic() - started

@@ -113,7 +113,9 @@ async def _write(ws: ServerConnection, session: Session, cursor: int) -> None:
         for event in session.events_from(cursor):
             cursor += 1
             if isinstance(event, FinalEvent):
-                await ws.send(p.encode(p.final(event.segment_id, event.text, event.start, event.end)))
+                words = ([(w.text.strip(), w.start, w.end, w.probability) for w in event.words]
+                         if session.start.word_timestamps else None)
+                await ws.send(p.encode(p.final(event.segment_id, event.text, event.start, event.end, words)))
             elif isinstance(event, WarningEvent):
                 await ws.send(p.encode(p.warning(event.code, event.message, first=event.first, last=event.last)))
             elif isinstance(event, EndEvent):

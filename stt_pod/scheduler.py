@@ -23,8 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
-import numpy as np
-
 from stt_pod.stream import FINAL, PARTIAL, Job
 from stt_pod.words import Word
 from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
@@ -34,7 +32,8 @@ log = logging.getLogger(__name__)
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 KIND_RANK = {FINAL: 0, PARTIAL: 1}
 
-Decode = Callable[[list[np.ndarray]], list[list[Word]]]
+Decode = Callable[[list[Job]], list[list[Word]]]
+"""The engine's decode: each job's words (a job is a `stt_pod.engine.Window`)."""
 
 
 @dataclass(eq=False)
@@ -160,7 +159,7 @@ class BatchScheduler:
             self._running = batch
             started = time.monotonic()
             try:
-                results = await loop.run_in_executor(self._executor, self._decode, [p.job.audio for p in batch])
+                results = await loop.run_in_executor(self._executor, self._decode, [p.job for p in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"decode returned {len(results)} results for {len(batch)} windows")
             except Exception as exc:  # the model failed: fail these jobs, keep serving

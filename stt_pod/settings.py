@@ -33,12 +33,16 @@ class PodSettings:
     partial_max_wait_ms: int = setting(1500, "a queued partial older than this is dropped (overload shedding)")
     encode_pad_seconds: float = setting(4.0, "silence appended to each window before encoding; shorter is cheaper but loops more often (30 = Whisper's full context)")
     encode_bucket_seconds: float = setting(2.0, "encoder input lengths are rounded up to this, so batches line up")
+    full_input_finals: bool = setting(True, "decode finals with Whisper's whole 30 s input (accurate); partials always use the cut one")
+    prompt_tokens: int = setting(64, "most tokens of a session's earlier final text each decode is conditioned on; 0 turns the prompt off")
+    temperature_fallback: bool = setting(True, "decode again at rising temperatures a window whose text loops or is unlikely, as Whisper does")
 
     # --- streaming decoding
     partial_interval_ms: int = setting(1000, "new speech between two partial decodes of a session")
-    max_window_seconds: float = setting(15.0, "longest audio window one decode sees; bounds cost per second")
+    max_window_seconds: float = setting(15.0, "longest speech one decode sees; bounds cost per second")
+    context_seconds: float = setting(5.0, "earlier audio of the session before each utterance, with its final words as the decoder's prefix; 0 turns it off")
     final_silence_ms: int = setting(500, "silence that ends an utterance and triggers its final")
-    vad_threshold: float = setting(0.5, "speech probability that starts speech")
+    vad_threshold: float = setting(0.35, "speech probability that starts speech (whispered and falsetto speech rate 0.4-0.6)")
     speech_pad_ms: int = setting(200, "audio kept around detected speech so word edges are not cut")
     min_speech_ms: int = setting(250, "speech shorter than this is ignored as noise")
 

@@ -12,8 +12,13 @@ when, and turns decode results into partials and finals:
 - windows always start at their utterance's start, not at the last committed
   word: Whisper hears a sentence much better from its beginning, and words
   already committed are recognised by their time and dropped;
-- the window never exceeds `max_window_seconds` (the segmenter splits long
-  speech), so the cost per second of audio does not grow with session length.
+- context: a window also holds up to `context_seconds` of the audio before its
+  utterance, and carries the session's final text from before that audio
+  (`Job.previous`, the decoder's prompt) and its own `prompt`. Whisper is
+  trained on speech in its context; an utterance heard alone loses words;
+- the speech in a window never exceeds `max_window_seconds` (the segmenter
+  splits long speech), so the cost per second of audio does not grow with
+  session length.
 
 At most one partial is in flight, and finals are only created when none is,
 so the commit point a result is compared with is never stale: nothing is said twice.
@@ -39,16 +44,25 @@ from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
 FINAL = "final"
 PARTIAL = "partial"
 
+MAX_HISTORY_WORDS = 150
+"""Final words kept for the prompt: more than the engine's token budget can use."""
+
+PREFIX_MARGIN = 0.1
+"""A window with final words in it starts this long before the first of them (word starts are approximate)."""
+
 
 @dataclass(frozen=True)
 class StreamConfig:
     partial_interval: float = 1.0
     max_window: float = 15.0
     final_silence: float = 0.5
-    vad_threshold: float = 0.5
+    vad_threshold: float = 0.35
     speech_pad: float = 0.2
     min_speech: float = 0.25
     partials: bool = True
+    context_seconds: float = 5.0
+    full_input_finals: bool = True  # finals are heard with Whisper's whole 30 s input; partials cut it short
+    prompt: str = ""  # the session's initial prompt / hotwords, before every window
 
 
 @dataclass(eq=False)
@@ -60,6 +74,16 @@ class Job:
     end: int  # one past the last sample
     audio: np.ndarray = field(repr=False)
     speech_end: int = 0  # a final commits up to here: its end without the trailing pad
+    prompt: str = ""  # the session's own prompt
+    previous: str = ""  # the session's final text before `start`
+    utterance_start: int = 0  # where the window's own speech starts; before it is context
+    prefix: str = ""  # final words inside the window: the decoder is made to say them first, then goes on
+    full_input: bool = False  # encode the whole 30 s input, as Whisper was trained, not just this audio
+
+    @property
+    def overlaps_finals(self) -> bool:
+        """Final words lie in this window's audio (its context, or its own utterance's agreed words)."""
+        return bool(self.prefix)
 
     @property
     def offset(self) -> float:
@@ -73,6 +97,7 @@ class FinalEvent:
     start: float
     end: float
     latency: float | None  # wall seconds from the segment's last audio arriving to now
+    words: tuple[Word, ...] = ()  # session times
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,8 @@ class SessionStream:
             max_chunks=int(config.max_window / chunk_seconds),
         )
         self._pad = int(config.speech_pad * SR)
+        self._context = int(config.context_seconds * SR)
+        self._history: deque[Word] = deque(maxlen=MAX_HISTORY_WORDS)  # final words, for the prompt
         self._chunks: deque[np.ndarray] = deque()  # the held audio, as it arrived (no copying per frame)
         self._buffer_start = 0  # session sample index of the first held sample
         self.total = 0  # samples received
@@ -142,7 +169,7 @@ class SessionStream:
     @property
     def backlog_seconds(self) -> float:
         """Audio held but not yet final: what a fast sender has queued up."""
-        return (self.total - self._buffer_start) / SR
+        return (self.total - max(self._buffer_start, self.committed)) / SR
 
     def wants_final(self) -> bool:
         return bool(self._closed)
@@ -177,8 +204,26 @@ class SessionStream:
         )
 
     def _job(self, kind: str, start: int, end: int, speech_end: int | None = None) -> Job:
-        start = max(start, self._buffer_start)
-        return Job(kind, start, end, self._audio(start, end), end if speech_end is None else speech_end)
+        """A window over [start, end) and up to `context_seconds` before it, cut where a final word starts.
+
+        Final words inside the window become the decoder's forced prefix, so
+        it continues after them instead of saying them again; the final text
+        before the window is its prompt.
+        """
+        own = max(start, self._buffer_start)
+        lower = max(own - self._context, self._buffer_start) / SR
+        history = list(self._history)
+        first = next((i for i, w in enumerate(history) if w.start >= lower), len(history))
+        before, inside = history[:first], history[first:]
+        window = own
+        if inside:
+            edge = inside[0].start - PREFIX_MARGIN
+            if before:
+                edge = max(edge, before[-1].end)
+            window = min(own, max(int(edge * SR), self._buffer_start))
+        return Job(kind, window, end, self._audio(window, end), end if speech_end is None else speech_end,
+                   self.config.prompt, join(before), own, join(inside),
+                   kind == FINAL and self.config.full_input_finals)
 
     def _audio(self, start: int, end: int) -> np.ndarray:
         """A copy of held samples [start, end)."""
@@ -195,16 +240,17 @@ class SessionStream:
         if self.segmenter.in_speech:
             keep = min(keep, self.segmenter.start * CHUNK - self._pad)
         keep = max(keep, self._buffer_start)
-        if keep > self._buffer_start:
-            drop = keep - self._buffer_start
+        held = max(keep - self._context, self._buffer_start)  # and the context before it
+        if held > self._buffer_start:
+            drop = held - self._buffer_start
             while self._chunks and len(self._chunks[0]) <= drop:
                 drop -= len(self._chunks[0])
                 self._chunks.popleft()
             if drop and self._chunks:
                 self._chunks[0] = self._chunks[0][drop:]
-            self._buffer_start = keep
-            if not self._closed and not self.finals_in_flight:
-                self.committed = max(self.committed, min(keep, self._last_final_safe()))
+            self._buffer_start = held
+        if not self._closed and not self.finals_in_flight:
+            self.committed = max(self.committed, min(keep, self._last_final_safe()))
         cut = bisect.bisect_left(self._arrival_samples, min(keep, self.committed))  # latency of pending finals
         if cut > 1:
             del self._arrival_samples[: cut - 1], self._arrival_times[: cut - 1]
@@ -222,7 +268,8 @@ class SessionStream:
             if words is None or self.finished or self._closed:
                 return []
             agreed, tentative = self.agreement.update(
-                [w.shifted(job.offset) for w in words], self.committed / SR, job.start < self.committed
+                [w.shifted(job.offset) for w in words], self.committed / SR,
+                job.utterance_start < self.committed and not job.overlaps_finals
             )
             events: list[FinalEvent | PartialEvent] = []
             if agreed:
@@ -236,7 +283,8 @@ class SessionStream:
             return events
         self.finals_in_flight -= 1
         fresh = self.agreement.fresh(
-            [w.shifted(job.offset) for w in (words or [])], self.committed / SR, job.start < self.committed
+            [w.shifted(job.offset) for w in (words or [])], self.committed / SR,
+            job.utterance_start < self.committed and not job.overlaps_finals
         )
         # Commit to the end of the speech, not of the pad: after a forced split the
         # pad is the next piece's first word, which that piece must still say.
@@ -250,10 +298,12 @@ class SessionStream:
         return [self._final(fresh, now)]
 
     def _final(self, words: list[Word], now: float) -> FinalEvent:
+        self._history.extend(words)
         segment_id = self.next_segment_id
         self.next_segment_id += 1
         end_sample = min(int(words[-1].end * SR), self.total)
-        return FinalEvent(segment_id, join(words), words[0].start, words[-1].end, self._latency(end_sample, now))
+        return FinalEvent(segment_id, join(words), words[0].start, words[-1].end, self._latency(end_sample, now),
+                          tuple(words))
 
     def _latency(self, sample: int, now: float) -> float | None:
         i = bisect.bisect_left(self._arrival_samples, sample)

@@ -130,8 +130,18 @@ def parse_options(obj: dict) -> Options:
         warnings.append("translation is not served here; transcribing only")
     if obj.get("enable_diarization") or obj.get("known_speakers"):
         warnings.append("speaker diarization is not served here")
+    prompts = [obj.get(key) for key in ("initial_prompt", "hotwords")]
+    if any(x is not None and not isinstance(x, str) for x in prompts):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "'initial_prompt' and 'hotwords' must be strings or null")
+    prompt = " ".join(x.strip() for x in prompts if x and x.strip())
+    if len(prompt) > p.MAX_PROMPT_CHARS:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'initial_prompt' and 'hotwords' exceed {p.MAX_PROMPT_CHARS} characters")
+    word_timestamps = obj.get("word_timestamps") or False
+    if not isinstance(word_timestamps, bool):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "'word_timestamps' must be a boolean")
     audio = p.AudioFormat(p.MODEL_SAMPLE_RATE, AUDIO_FORMATS[audio_format], 1)
-    return Options(uid, p.Start(audio, language or None), min(last_n, MAX_LAST_N), tuple(warnings))
+    start = p.Start(audio, language or None, prompt=prompt, word_timestamps=word_timestamps)
+    return Options(uid, start, min(last_n, MAX_LAST_N), tuple(warnings))
 
 
 def segment(start_ms: int, end_ms: int, text: str, completed: bool) -> dict[str, Any]:
@@ -151,10 +161,14 @@ class SegmentList:
         self._count = 0
         self._shown: tuple | None = (0, "0.000", "0.000", "")  # nothing to say before the first words
 
-    def add_final(self, text: str, start: float, end: float) -> None:
+    def add_final(self, text: str, start: float, end: float, words: list[dict] | None = None) -> None:
+        """`words`: WhisperLive's word timestamps (word, start, end, probability), when the client asked."""
         start_ms = max(round(start * 1000), self._end_ms)
         end_ms = max(round(end * 1000), start_ms + 1)  # never empty: the client compares start with end
-        self._unsent.append(segment(start_ms, end_ms, text, True))
+        completed = segment(start_ms, end_ms, text, True)
+        if words is not None:
+            completed["words"] = words
+        self._unsent.append(completed)
         self._end_ms = end_ms
         self._final_end = max(self._final_end, end)
         self._count += 1
@@ -310,7 +324,9 @@ async def _write(ws: ServerConnection, session: Session, uid: str, segments: Seg
         for event in session.events_from(cursor):
             cursor += 1
             if isinstance(event, FinalEvent):
-                segments.add_final(event.text, event.start, event.end)
+                words = ([p.word_entry(w.text.strip(), w.start, w.end, w.probability) for w in event.words]
+                         if session.start.word_timestamps else None)
+                segments.add_final(event.text, event.start, event.end, words)
             elif isinstance(event, WarningEvent):
                 await ws.send(encode(status_message(uid, "WARNING", event.message)))
             elif isinstance(event, EndEvent):

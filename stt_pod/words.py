@@ -13,6 +13,7 @@ class Word:
     text: str  # as the model spelled it, with its leading space and punctuation
     start: float  # seconds of session audio
     end: float
+    probability: float | None = None  # the model's confidence, where the decode gave one
 
     @property
     def key(self) -> str:
@@ -20,7 +21,7 @@ class Word:
         return _NON_WORD.sub("", self.text.lower())
 
     def shifted(self, seconds: float) -> "Word":
-        return Word(self.text, self.start + seconds, self.end + seconds)
+        return Word(self.text, self.start + seconds, self.end + seconds, self.probability)
 
 
 def join(words: list[Word]) -> str:

@@ -38,6 +38,7 @@ class Result:
     start: float
     end: float
     segment_id: int | None = None
+    words: tuple[dict, ...] = ()  # finals of a session that asked for word_timestamps: word, start, end, probability
 
 
 class TranscriptionError(Exception):
@@ -89,6 +90,8 @@ async def transcribe(
     partials: bool = False,
     language: str | None = "en",
     priority: str = "normal",
+    prompt: str = "",
+    word_timestamps: bool = False,
     max_retries: int = 5,
     backoff: float = 0.2,
     open_timeout: float = 10.0,
@@ -101,7 +104,7 @@ async def transcribe(
     if not isinstance(audio, Audio):
         audio = read_audio(audio)
     frames = audio.frames()
-    start = p.Start(audio.format, language, priority, partials)
+    start = p.Start(audio.format, language, priority, partials, prompt, word_timestamps)
     token: str | None = None
     last_segment = -1
     acked = -1
@@ -133,7 +136,8 @@ async def transcribe(
                         if kind == "final":
                             if msg["segment_id"] > last_segment:
                                 last_segment = msg["segment_id"]
-                                yield Result(True, msg["text"], msg["start"], msg["end"], msg["segment_id"])
+                                yield Result(True, msg["text"], msg["start"], msg["end"], msg["segment_id"],
+                                             tuple(msg.get("words", ())))
                         elif kind == "partial" and partials:
                             yield Result(False, msg["text"], msg["start"], msg["end"])
                         elif kind == "ack":

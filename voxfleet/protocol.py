@@ -22,6 +22,8 @@ MODEL_SAMPLE_RATE = 16_000
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 48_000
 MAX_CHANNELS = 8
+MAX_PROMPT_CHARS = 2_000
+"""Longest initial prompt a session may give (the model reads at most 223 tokens of it)."""
 
 ENCODINGS = {"pcm16": 2, "float32": 4}
 """Accepted sample encodings (little-endian) and their sample width in bytes."""
@@ -123,6 +125,8 @@ class Start:
     language: str | None = "en"
     priority: str = "normal"
     partials: bool = True
+    prompt: str = ""  # initial prompt / hotwords: names and terms the session is likely to say
+    word_timestamps: bool = False  # finals carry each word's times and probability
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,11 @@ def parse_client_message(text: str | bytes) -> Start | Resume | End:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"priority must be one of {', '.join(PRIORITIES)}")
         options = _require(obj, "options", dict, {})
         partials = _require(options, "partials", bool, True)
-        return Start(parse_audio_format(obj), language or None, priority, partials)
+        prompt = _require(options, "prompt", str, "")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'prompt' is longer than {MAX_PROMPT_CHARS} characters")
+        word_timestamps = _require(options, "word_timestamps", bool, False)
+        return Start(parse_audio_format(obj), language or None, priority, partials, prompt, word_timestamps)
     if kind == "resume":
         token = _require(obj, "token", str)
         last_seq = _require(obj, "last_seq", int, -1)
@@ -213,7 +221,7 @@ def start_message(start: Start) -> dict[str, Any]:
         "channels": start.audio.channels,
         "language": start.language,
         "priority": start.priority,
-        "options": {"partials": start.partials},
+        "options": {"partials": start.partials, "prompt": start.prompt, "word_timestamps": start.word_timestamps},
     }
 
 
@@ -255,8 +263,20 @@ def partial(text: str, start: float, end: float) -> dict[str, Any]:
     return {"type": "partial", "text": text, "start": round(start, 3), "end": round(end, 3)}
 
 
-def final(segment_id: int, text: str, start: float, end: float) -> dict[str, Any]:
-    return {"type": "final", "segment_id": segment_id, "text": text, "start": round(start, 3), "end": round(end, 3)}
+def final(segment_id: int, text: str, start: float, end: float,
+          words: list[tuple[str, float, float, float | None]] | None = None) -> dict[str, Any]:
+    """`words`, when the session asked for word timestamps: (word, start, end, probability) each."""
+    message = {"type": "final", "segment_id": segment_id, "text": text, "start": round(start, 3), "end": round(end, 3)}
+    if words is not None:
+        message["words"] = [word_entry(*w) for w in words]
+    return message
+
+
+def word_entry(word: str, start: float, end: float, probability: float | None) -> dict[str, Any]:
+    entry = {"word": word, "start": round(start, 3), "end": round(end, 3)}
+    if probability is not None:
+        entry["probability"] = round(probability, 4)
+    return entry
 
 
 def ack(seq: int, committed_seq: int, committed_seconds: float) -> dict[str, Any]:

@@ -211,8 +211,9 @@ POD_SETTINGS: dict[str, type] = {
     "host": str, "port": int, "pod_id": str,
     "model": str, "device": str, "compute_type": str, "cpu_threads": int, "beam_size": int,
     "max_batch": int, "batch_window_ms": int, "partial_max_wait_ms": int, "encode_pad_seconds": float,
-    "encode_bucket_seconds": float,
-    "partial_interval_ms": int, "max_window_seconds": float, "final_silence_ms": int, "vad_threshold": float,
+    "encode_bucket_seconds": float, "full_input_finals": bool, "prompt_tokens": int, "temperature_fallback": bool,
+    "partial_interval_ms": int, "max_window_seconds": float, "context_seconds": float, "final_silence_ms": int,
+    "vad_threshold": float,
     "speech_pad_ms": int, "min_speech_ms": int,
     "max_sessions": int, "max_frame_bytes": int, "max_session_seconds": float, "max_backlog_seconds": float,
     "max_reorder_frames": int, "start_timeout_seconds": float, "idle_timeout_seconds": float,
@@ -357,13 +358,15 @@ def pod_setting_value(key: str, value: Any) -> str:
     kind = POD_SETTINGS.get(name)
     if kind is None or name in SPEC_OWNED_POD_SETTINGS:
         raise SpecError(f"spec.podSettings.{key}: unknown or spec-owned pod setting")
-    if isinstance(value, str) and kind is not str:
+    if isinstance(value, str) and kind is bool:
+        value = {"true": True, "false": False}.get(value.strip().lower(), value)
+    elif isinstance(value, str) and kind is not str:
         try:
             value = kind(value)
         except ValueError:
             raise SpecError(f"spec.podSettings.{key}: {value!r} is not a valid {kind.__name__}") from None
     value = _check_scalar(kind, value, f"spec.podSettings.{key}")
-    return str(value)
+    return ("true" if value else "false") if kind is bool else str(value)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def test_no_anti_affinity_and_no_gpu_bits_when_not_asked():
 
 def test_every_pod_setting_can_be_set_through_the_pool():
     """Each PodSettings field reaches the pod as VOXFLEET_POD_<NAME>, from the spec or podSettings."""
-    free = {name: {int: 3, float: 1.5, str: "info"}[kind] for name, kind in POD_SETTINGS.items()}
+    free = {name: {int: 3, float: 1.5, str: "info", bool: False}[kind] for name, kind in POD_SETTINGS.items()}
     camel = {"".join(p if i == 0 else p.capitalize() for i, p in enumerate(n.split("_"))): v for n, v in free.items()}
     pod_settings = {k: v for k, v in camel.items() if k in FREE_POD_SETTINGS}
     spec = parse({"image": "i", "podSettings": pod_settings, "sessionTokenSecret": {"name": "tokens"}})

@@ -109,8 +109,8 @@ class FakeModel:
         self.fail_on = fail_on  # markers whose batch raises
         self.threads: set[str] = set()
 
-    def __call__(self, audios: list[np.ndarray]) -> list[list[Word]]:
-        markers = [int(a[0]) for a in audios]
+    def __call__(self, jobs: list[Job]) -> list[list[Word]]:
+        markers = [int(j.audio[0]) for j in jobs]
         self.batches.append(markers)
         self.threads.add(threading.current_thread().name)
         if self.fail_on & set(markers):

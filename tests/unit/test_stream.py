@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from stt_pod.stream import FINAL, PARTIAL, FinalEvent, Job, PartialEvent, SessionStream, StreamConfig
+from stt_pod.stream import FINAL, PARTIAL, PREFIX_MARGIN, FinalEvent, Job, PartialEvent, SessionStream, StreamConfig
 from stt_pod.vad import CHUNK
 from stt_pod.words import Word
 
 SR = 16_000
 FRAME = 1_600  # 100 ms frames, as a client sends them
+CONTEXT = int(StreamConfig().context_seconds * SR)
 
 
 class FakeVad:
@@ -114,7 +115,10 @@ class Harness:
         # the job's audio must be the session's audio at the job's place
         np.testing.assert_array_equal(job.audio, self.audio[job.start:job.end])
         lo, hi = job.start / SR, job.end / SR
-        return [w.shifted(-lo) for w in self.truth if w.start >= lo - 1e-9 and w.end <= hi + 1e-9]
+        heard = [w.shifted(-lo) for w in self.truth if w.start >= lo - 1e-9 and w.end <= hi + 1e-9]
+        said = job.prefix.split()  # like the engine: the forced prefix is said first and not returned
+        assert [w.key for w in heard[: len(said)]] == [Word(" " + t, 0, 0).key for t in said], (job, heard)
+        return heard[len(said):]
 
     # --- what came out
 
@@ -176,7 +180,8 @@ def test_a_closed_utterance_becomes_one_final_job_with_pad():
     assert h.kinds() == [FINAL]
     [job] = h.jobs
     speech_start, speech_end = 1 * SR, int(2.5 * SR)
-    assert speech_start - PAD - CHUNK < job.start <= speech_start - PAD
+    assert speech_start - PAD - CHUNK < job.utterance_start <= speech_start - PAD
+    assert job.start == job.utterance_start  # no final words before it: no context
     assert speech_end + PAD <= job.end < speech_end + PAD + CHUNK
     assert len(job.audio) == job.end - job.start
     assert job.offset == pytest.approx(job.start / SR)
@@ -248,9 +253,9 @@ def test_partials_come_every_partial_interval_while_speech_continues():
     assert len(partial_jobs) >= 6 - 1
     ends = [j.end for j in partial_jobs]
     assert all(b - a >= config.partial_interval * SR for a, b in zip(ends, ends[1:]))
-    for j in partial_jobs:  # every window starts at its utterance's start
-        assert j.start == partial_jobs[0].start
-        assert SR - PAD - CHUNK < j.start <= SR - PAD
+    for j in partial_jobs:  # every window starts at its utterance's start (and its context before it)
+        assert j.start == partial_jobs[0].start and j.utterance_start == partial_jobs[0].utterance_start
+        assert SR - PAD - CHUNK < j.utterance_start <= SR - PAD
     assert h.kinds()[-1] == FINAL and h.kinds().count(FINAL) == 1
 
 
@@ -329,7 +334,7 @@ def test_partial_events_show_what_follows_the_committed_words():
 
 
 def test_a_hypothesis_that_changes_is_not_committed():
-    h = Harness(StreamConfig(partial_interval=0.5), answer_kinds=())
+    h = Harness(StreamConfig(partial_interval=0.5, context_seconds=0), answer_kinds=())
     h.feed(np.concatenate([silence(1), tone(1.5)]))
     first = h.pending[0]
     h.answer(first, [Word(" ice", 0.2, 0.5), Word(" cream", 0.6, 0.9)])
@@ -410,7 +415,8 @@ def test_the_window_never_exceeds_max_window():
     h.feed(np.concatenate([silence(1), tone(20), silence(1)]))
     h.finish()
     limit = config.max_window * SR + 2 * PAD + CHUNK
-    assert all(len(j.audio) <= limit for j in h.jobs)
+    assert all(j.end - j.utterance_start <= limit for j in h.jobs)
+    assert all(len(j.audio) <= limit + CONTEXT for j in h.jobs)
     assert h.kinds().count(FINAL) >= 20 // 3  # the long speech was split
     assert h.stream.done
 
@@ -505,3 +511,37 @@ def test_a_word_just_after_a_forced_split_is_not_lost():
     first = h.jobs[0]
     assert first.end == dip_chunk * CHUNK + PAD  # the split happened where the test put it
     assert h.final_words() == ["alpha", "beta", "gamma", "to", "delta", "epsilon"]
+
+
+# --- context ------------------------------------------------------------------------------------
+
+
+def test_a_window_holds_the_audio_before_its_utterance_and_the_final_text_before_that():
+    config = no_partials(context_seconds=2.0, prompt="Glossary: voxfleet.")
+    first, second, third = spoken(1.0, "one", "two"), spoken(3.0, "three"), spoken(5.0, "four")
+    h = Harness(config, truth=first + second + third)
+    h.feed(np.concatenate([silence(1), tone(0.8), silence(1.2), tone(0.4), silence(1.6), tone(0.4), silence(1.5)]))
+    assert h.kinds() == [FINAL, FINAL, FINAL]
+    jobs = h.jobs
+    assert jobs[0].start == jobs[0].utterance_start  # nothing final before it: no context
+    assert all(j.prompt == "Glossary: voxfleet." for j in jobs)
+    # The second window's context holds "one two": its forced prefix, so not said again.
+    assert jobs[1].previous == "" and jobs[1].prefix == "one two"
+    assert jobs[1].start == int((1.0 - PREFIX_MARGIN) * SR)  # cut just before the first final word
+    assert jobs[2].previous == "one two" and jobs[2].prefix == "three"  # context: 2 s back, "three" only
+    assert jobs[2].start == int((3.0 - PREFIX_MARGIN) * SR)
+    assert [e.text for e in h.finals] == ["one two", "three", "four"]
+
+
+def test_no_context_means_windows_of_their_utterance_only():
+    h = Harness(no_partials(context_seconds=0.0), truth=spoken(3.0, "a"))
+    h.feed(np.concatenate([silence(3), tone(0.4), silence(1)]))
+    [job] = h.jobs
+    assert job.start == job.utterance_start
+
+
+def test_held_context_is_not_backlog():
+    config = StreamConfig(context_seconds=5.0)
+    h = Harness(config)
+    h.feed(silence(30))
+    assert max(h.backlog) < (PAD + CHUNK + FRAME) / SR + 0.01

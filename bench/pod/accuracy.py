@@ -1,0 +1,147 @@
+"""Streaming WER against offline WER on real speech, in one process, without sockets or a clock.
+
+What a decoding change does to accuracy, measured in minutes instead of the
+real-time hour a socket benchmark takes: each clip of the dev set is fed to a
+`SessionStream` in 100 ms frames, exactly as a pod's session feeds it, and
+every decode job it asks for is run on the pod's `WhisperEngine` before the
+next frame arrives (an unloaded pod: decodes cost no stream time). With
+`--concurrent N`, N clips stream side by side and their jobs share batches, as
+on a pod with N sessions, so prompts of different lengths meet in one call.
+
+The same clips decoded offline (`WhisperModel.transcribe`, faster-whisper's
+defaults) give the reference WER; both are pooled over all clips. Settings
+can be A/B'd in one run: `--variants "default;context_seconds=0;prompt_tokens=0"`.
+
+    python bench/pod/accuracy.py                          # all English dev-set clips, 1 and 8 streams
+    python bench/pod/accuracy.py --concurrent 1 --variants "default;context_seconds=0,prompt_tokens=0"
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from stt_pod.engine import EngineConfig, WhisperEngine  # noqa: E402
+from stt_pod.stream import SessionStream, StreamConfig  # noqa: E402
+from stt_pod.vad import StreamingVad  # noqa: E402
+from tests.devset import Clip, clips, offline_model, offline_transcript, pooled_wer  # noqa: E402
+
+FRAME_SECONDS = 0.1
+SR = 16000
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """'default' or 'key=value,key=value' over StreamConfig and EngineConfig fields."""
+    spec = spec.strip()
+    if spec in ("", "default"):
+        return "default", {}
+    out = {}
+    for item in spec.split(","):
+        key, value = item.split("=", 1)
+        out[key.strip()] = json.loads(value)
+    return spec, out
+
+
+def split_overrides(overrides: dict) -> tuple[dict, dict]:
+    stream_fields = {f.name for f in dataclasses.fields(StreamConfig)}
+    engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    unknown = set(overrides) - stream_fields - engine_fields
+    if unknown:
+        raise SystemExit(f"unknown settings: {', '.join(sorted(unknown))}")
+    return ({k: v for k, v in overrides.items() if k in stream_fields},
+            {k: v for k, v in overrides.items() if k in engine_fields})
+
+
+def stream_group(engine: WhisperEngine, config: StreamConfig, group: list[Clip], max_batch: int) -> list[str]:
+    """Stream the clips of `group` side by side; their transcripts (finals joined)."""
+    audio = [sf.read(str(c.path), dtype="float32")[0] for c in group]
+    streams = [SessionStream(config, StreamingVad().feed) for _ in group]
+    texts: list[list[str]] = [[] for _ in group]
+    step = int(FRAME_SECONDS * SR)
+    t = 0.0
+    pos = 0
+    while not all(s.done for s in streams):
+        for i, s in enumerate(streams):
+            if pos < len(audio[i]):
+                s.feed(audio[i][pos : pos + step], t)
+            elif not s.finished:
+                s.finish()
+        pos += step
+        t += FRAME_SECONDS
+        pending = [(i, job) for i, s in enumerate(streams) for job in s.jobs()]
+        while pending:
+            batch, pending = pending[:max_batch], pending[max_batch:]
+            results = engine.decode([job for _, job in batch])
+            for (i, job), words in zip(batch, results):
+                for event in streams[i].on_result(job, words, t):
+                    if hasattr(event, "segment_id"):
+                        texts[i].append(event.text)
+            pending += [(i, job) for i, s in enumerate(streams) for job in s.jobs()]
+    return [" ".join(t) for t in texts]
+
+
+def run_variant(engine_cache: dict, name: str, overrides: dict, selected: list[Clip], concurrent: int,
+                max_batch: int) -> dict:
+    stream_over, engine_over = split_overrides(overrides)
+    engine_config = dataclasses.replace(EngineConfig(), **engine_over)
+    if engine_config not in engine_cache:
+        engine_cache.clear()
+        engine_cache[engine_config] = WhisperEngine(engine_config)
+    engine = engine_cache[engine_config]
+    config = dataclasses.replace(StreamConfig(), **stream_over)
+    started = time.monotonic()
+    hyps: list[str] = []
+    for k in range(0, len(selected), concurrent):
+        hyps += stream_group(engine, config, selected[k : k + concurrent], max_batch)
+    return {"variant": name, "concurrent": concurrent, "hypotheses": hyps,
+            "wer": pooled_wer([c.text for c in selected], hyps), "seconds": time.monotonic() - started}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", default="", help="comma-separated clip names (default: every English clip)")
+    ap.add_argument("--concurrent", default="1,8", help="streams side by side, a comma-separated list")
+    ap.add_argument("--variants", default="default", help="';'-separated settings to compare")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--show", action="store_true", help="print each clip's transcripts")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = ap.parse_args()
+
+    selected = clips(*[n for n in args.clips.split(",") if n])
+    refs = [c.text for c in selected]
+    words = sum(c.words for c in selected)
+    print(f"{len(selected)} clips, {sum(c.seconds for c in selected):.0f} s, {words} words", file=sys.stderr)
+    model = offline_model()
+    started = time.monotonic()
+    offline = [offline_transcript(model, c.path) for c in selected]
+    del model
+    offline_wer = pooled_wer(refs, offline)
+    print(f"offline: WER {offline_wer:.4f} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    results = []
+    cache: dict = {}
+    for spec in args.variants.split(";"):
+        name, overrides = parse_variant(spec)
+        for n in [int(x) for x in args.concurrent.split(",")]:
+            r = run_variant(cache, name, overrides, selected, n, args.max_batch)
+            results.append(r)
+            print(f"{name:40s} N={n:<3d} WER {r['wer']:.4f} (offline {offline_wer:.4f}, "
+                  f"{100 * (r['wer'] - offline_wer):+.1f} points) {r['seconds']:.0f} s", file=sys.stderr)
+            if args.show:
+                for c, h, o in zip(selected, r["hypotheses"], offline):
+                    print(f"  {c.name}\n    REF {c.text}\n    OFF {o}\n    STR {h}", file=sys.stderr)
+    if args.out:
+        args.out.write_text(json.dumps({"clips": [c.name for c in selected], "offline_wer": offline_wer,
+                                        "offline": offline, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
