@@ -18,6 +18,8 @@ if [[ "${1:-}" == "--test" ]]; then
   fi
 fi
 
+# The versions of constraints.txt (scripts/lock.sh): every machine installs what CI tested.
+export PIP_CONSTRAINT="$PWD/constraints.txt"
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null

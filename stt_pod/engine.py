@@ -84,7 +84,8 @@ class Window(Protocol):
     prompt: str  # the session's initial prompt / hotwords: kept whole
     previous: str  # recent final text before the audio: trimmed from the left to fit
     prefix: str  # final text inside the audio: forced as the transcript's start, not returned
-    full_input: bool  # encode Whisper's whole 30 s input (accurate) instead of the audio plus a pad (cheap)
+    full_input: bool  # a final's decode: Whisper's whole 30 s input and `final_beam_size` (accurate), not the
+    #                   audio plus a pad, greedy (cheap)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class EngineConfig:
     compute_type: str = "int8"
     cpu_threads: int = 0
     beam_size: int = 1
+    final_beam_size: int = 5
     encode_pad_seconds: float = 4.0
     encode_bucket_seconds: float = 2.0
     language: str = "en"
@@ -116,6 +118,14 @@ def prompt_group(length: int, limit: int) -> int:
     """The prompt length a window of `length` prompt tokens is decoded with: a power of two, at most `limit`."""
     length = min(length, limit)
     return 0 if length <= 0 else 1 << (length.bit_length() - 1)
+
+
+def fit_prompt(own: list[int], previous: list[int], length: int) -> list[int]:
+    """`length` prompt tokens: the session's own prompt first, then the most recent previous text."""
+    if length <= len(own):
+        return own[:length]
+    keep = length - len(own)
+    return own + previous[len(previous) - keep:]
 
 
 @dataclass
@@ -168,12 +178,12 @@ class WhisperEngine:
         frames = int(math.ceil(seconds / bucket) * bucket * FRAMES_PER_SECOND)
         return min(MAX_FRAMES, frames + frames % 2)
 
-    def prompt_tokens(self, window: Window) -> list[int]:
-        """The text tokens a window is conditioned on, before grouping: its prompt, then its previous text."""
+    def prompt_tokens(self, window: Window) -> tuple[list[int], list[int]]:
+        """The text tokens a window is conditioned on, before grouping: its prompt, and its previous text."""
         own = self._encode_text(window.prompt)[:MAX_PROMPT_TOKENS]
         room = min(self.config.prompt_tokens, MAX_PROMPT_TOKENS - len(own))
-        previous = self._encode_text(window.previous) if room > 0 else []
-        return own + previous[len(previous) - room:] if previous else own
+        previous = self._encode_text(window.previous)[-room:] if room > 0 else []
+        return own, previous
 
     def decode(self, windows: Sequence[Window]) -> list[list[Word]]:
         """Words of each window, times in seconds from the window's start."""
@@ -181,11 +191,12 @@ class WhisperEngine:
             return []
         tokens = [self.prompt_tokens(w) for w in windows]
         groups: dict[tuple[bool, int], list[int]] = {}
-        for i, t in enumerate(tokens):
-            groups.setdefault((windows[i].full_input, prompt_group(len(t), MAX_PROMPT_TOKENS)), []).append(i)
+        for i, (own, previous) in enumerate(tokens):
+            length = prompt_group(len(own) + len(previous), MAX_PROMPT_TOKENS)
+            groups.setdefault((windows[i].full_input, length), []).append(i)
         out: list[list[Word]] = [[] for _ in windows]
         for (full_input, length), members in groups.items():
-            prompts = [tokens[i][len(tokens[i]) - length:] if length else [] for i in members]
+            prompts = [fit_prompt(*tokens[i], length) for i in members]
             prefixes = [self._encode_text(windows[i].prefix) for i in members]
             audio = [windows[i].audio for i in members]
             for i, words in zip(members, self._decode_group(audio, prompts, prefixes, full_input)):
@@ -203,13 +214,14 @@ class WhisperEngine:
         """One group of equal prompt length: decode, retry what loops or fails, align."""
         prompts = [self._prompt(t) + f for t, f in zip(texts, prefixes)]
         frames = MAX_FRAMES if full_input else max(self.window_frames(len(a)) for a in audio)
+        beam = self.config.final_beam_size if full_input else self.config.beam_size
         encoded = self._encode(audio, frames)
-        attempts = self._generate(encoded, audio, prompts)
+        attempts = self._generate(encoded, audio, prompts, beam=beam)
         retry = [i for i, a in enumerate(attempts) if a.loops] if frames < MAX_FRAMES else []
         full = None
         if retry:  # a cut encoder input loops more often: first the full 30 s, as Whisper hears it
             full = self._encode([audio[i] for i in retry], MAX_FRAMES)
-            for i, a in zip(retry, self._generate(full, [audio[i] for i in retry], [prompts[i] for i in retry])):
+            for i, a in zip(retry, self._generate(full, [audio[i] for i in retry], [prompts[i] for i in retry], beam=beam)):
                 attempts[i] = self._better(attempts[i], a)
         if self.config.temperature_fallback:
             for temperature in FALLBACK_TEMPERATURES:
@@ -264,13 +276,13 @@ class WhisperEngine:
         return self.model.encode(features)
 
     def _generate(self, encoded, audio: list[np.ndarray], prompts: list[list[int]],
-                  temperature: float = 0.0) -> list[_Attempt]:
+                  temperature: float = 0.0, beam: int = 1) -> list[_Attempt]:
         from faster_whisper.transcribe import get_compression_ratio
 
         longest = max(len(a) for a in audio) / SR
         max_new = min(MAX_NEW_TOKENS, int(TOKENS_BASE + TOKENS_PER_SECOND * longest))
         sampling = (dict(beam_size=1, num_hypotheses=BEST_OF, sampling_topk=0, sampling_temperature=temperature)
-                    if temperature > 0 else dict(beam_size=self.config.beam_size))
+                    if temperature > 0 else dict(beam_size=beam))
         results = self.model.model.generate(
             encoded, prompts, max_length=min(MAX_LENGTH, max(len(p) for p in prompts) + max_new), return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1], **sampling,

@@ -63,6 +63,7 @@ class StreamConfig:
     context_seconds: float = 5.0
     full_input_finals: bool = True  # finals are heard with Whisper's whole 30 s input; partials cut it short
     prompt: str = ""  # the session's initial prompt / hotwords, before every window
+    previous_text: str = ""  # what was said before this session's audio (a session moved from another pod)
 
 
 @dataclass(eq=False)
@@ -121,6 +122,8 @@ class SessionStream:
         self._pad = int(config.speech_pad * SR)
         self._context = int(config.context_seconds * SR)
         self._history: deque[Word] = deque(maxlen=MAX_HISTORY_WORDS)  # final words, for the prompt
+        if config.previous_text.strip():  # before any audio of this session: prompt only, never prefix
+            self._history.append(Word(" " + config.previous_text.strip(), -1.0, -1.0))
         self._chunks: deque[np.ndarray] = deque()  # the held audio, as it arrived (no copying per frame)
         self._buffer_start = 0  # session sample index of the first held sample
         self.total = 0  # samples received

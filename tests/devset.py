@@ -66,6 +66,49 @@ def pooled_wer(references: list[str], hypotheses: list[str]) -> float:
     return jiwer.wer(refs, hyps)
 
 
+CLIP_MARGIN = 0.15
+"""How much worse than offline one clip's stream may be in a test about something else (resume, drain,
+flush): a lost or repeated phrase costs more; one word of a 22-word clip costs 0.045."""
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return pooled_wer([reference], [hypothesis])
+
+
+@functools.cache
+def offline_text(*names: str) -> str:
+    """The named clips decoded offline one by one, joined: what a stream of them is compared with."""
+    model = _shared_model()
+    return " ".join(offline_transcript(model, c.path) for c in clips(*names))
+
+
+@functools.cache
+def offline_file(path: Path) -> str:
+    """Any file (synthetic speech too) decoded offline: the floor a stream of it is judged against."""
+    return offline_transcript(_shared_model(), path)
+
+
+def assert_file_as_accurate_as_offline(path: Path, reference: str, streamed: str, margin: float = CLIP_MARGIN) -> None:
+    got, floor = wer(reference, streamed), wer(reference, offline_file(path))
+    assert got <= floor + margin, f"WER {got:.3f} > offline {floor:.3f} + {margin}: {streamed!r}"
+
+
+def reference_text(*names: str) -> str:
+    return " ".join(c.text for c in clips(*names))
+
+
+def assert_as_accurate_as_offline(names: tuple[str, ...], streamed: str, margin: float = CLIP_MARGIN) -> None:
+    reference = reference_text(*names)
+    offline = offline_text(*names)
+    got, floor = wer(reference, streamed), wer(reference, offline)
+    assert got <= floor + margin, f"WER {got:.3f} > offline {floor:.3f} + {margin}: {streamed!r} vs offline {offline!r}"
+
+
+@functools.cache
+def _shared_model():
+    return offline_model()
+
+
 def offline_model(model: str = "tiny.en", compute_type: str = "int8"):
     from faster_whisper import WhisperModel
 

@@ -127,6 +127,7 @@ class Start:
     partials: bool = True
     prompt: str = ""  # initial prompt / hotwords: names and terms the session is likely to say
     word_timestamps: bool = False  # finals carry each word's times and probability
+    previous_text: str = ""  # what the session said before this audio (a router moving it): decoding context
 
 
 @dataclass(frozen=True)
@@ -199,10 +200,12 @@ def parse_client_message(text: str | bytes) -> Start | Resume | End:
         options = _require(obj, "options", dict, {})
         partials = _require(options, "partials", bool, True)
         prompt = _require(options, "prompt", str, "")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'prompt' is longer than {MAX_PROMPT_CHARS} characters")
         word_timestamps = _require(options, "word_timestamps", bool, False)
-        return Start(parse_audio_format(obj), language or None, priority, partials, prompt, word_timestamps)
+        previous_text = _require(options, "previous_text", str, "")
+        if len(prompt) > MAX_PROMPT_CHARS or len(previous_text) > MAX_PROMPT_CHARS:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'prompt' or 'previous_text' is longer than {MAX_PROMPT_CHARS} characters")
+        return Start(parse_audio_format(obj), language or None, priority, partials, prompt, word_timestamps,
+                     previous_text)
     if kind == "resume":
         token = _require(obj, "token", str)
         last_seq = _require(obj, "last_seq", int, -1)
@@ -221,7 +224,8 @@ def start_message(start: Start) -> dict[str, Any]:
         "channels": start.audio.channels,
         "language": start.language,
         "priority": start.priority,
-        "options": {"partials": start.partials, "prompt": start.prompt, "word_timestamps": start.word_timestamps},
+        "options": {"partials": start.partials, "prompt": start.prompt, "word_timestamps": start.word_timestamps,
+                    "previous_text": start.previous_text},
     }
 
 

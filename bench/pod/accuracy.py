@@ -14,13 +14,16 @@ can be A/B'd in one run: `--variants "default;context_seconds=0;prompt_tokens=0"
 
     python bench/pod/accuracy.py                          # all English dev-set clips, 1 and 8 streams
     python bench/pod/accuracy.py --concurrent 1 --variants "default;context_seconds=0,prompt_tokens=0"
+    python bench/pod/accuracy.py --docs --plot docs/img/pod-accuracy.png   # the table in docs/benchmarks.md
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -33,7 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from stt_pod.engine import EngineConfig, WhisperEngine  # noqa: E402
 from stt_pod.stream import SessionStream, StreamConfig  # noqa: E402
 from stt_pod.vad import StreamingVad  # noqa: E402
+from bench.common.docsection import markers, replace_section  # noqa: E402
+from bench.common.provenance import git_state, machine_info  # noqa: E402
 from tests.devset import Clip, clips, offline_model, offline_transcript, pooled_wer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs" / "benchmarks.md"
+SECTION = "pod-accuracy"
 
 FRAME_SECONDS = 0.1
 SR = 16000
@@ -114,7 +123,10 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--show", action="store_true", help="print each clip's transcripts")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--docs", action="store_true", help="write the table into docs/benchmarks.md")
+    ap.add_argument("--plot", type=Path, help="draw the WER of each variant against offline into this PNG")
     args = ap.parse_args()
+    command = shlex.join(["python", "bench/pod/accuracy.py", *sys.argv[1:]])
 
     selected = clips(*[n for n in args.clips.split(",") if n])
     refs = [c.text for c in selected]
@@ -138,9 +150,66 @@ def main() -> None:
             if args.show:
                 for c, h, o in zip(selected, r["hypotheses"], offline):
                     print(f"  {c.name}\n    REF {c.text}\n    OFF {o}\n    STR {h}", file=sys.stderr)
+    summary = {"clips": [c.name for c in selected], "seconds": sum(c.seconds for c in selected), "words": words,
+               "offline_wer": offline_wer, "offline": offline, "results": results, "command": command,
+               "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "git": git_state(),
+               "machine": machine_info()}
     if args.out:
-        args.out.write_text(json.dumps({"clips": [c.name for c in selected], "offline_wer": offline_wer,
-                                        "offline": offline, "results": results}, indent=1))
+        args.out.write_text(json.dumps(summary, indent=1))
+    if args.plot:
+        plot(summary, args.plot)
+    if args.docs:
+        write_docs(summary, args.plot)
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = summary["results"]
+    labels = [f"{r['variant']}\nN={r['concurrent']}" for r in results]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(results)), 4.2))
+    ax.bar(range(len(results)), [100 * r["wer"] for r in results], color="#4c78a8", label="streaming")
+    ax.axhline(100 * summary["offline_wer"], color="#e45756", label="offline, same files")
+    ax.axhline(100 * summary["offline_wer"] + 1, color="#e45756", ls="--", lw=1, label="target: offline + 1 point")
+    ax.set_xticks(range(len(results)), labels, fontsize=7)
+    ax.set_ylabel("pooled WER, %")
+    ax.set_title(f"Streaming vs offline WER, {len(summary['clips'])} dev-set clips ({summary['words']} words)")
+    ax.set_ylim(0, max(100 * r["wer"] for r in results) * 1.25)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def write_docs(summary: dict, plot_path: Path | None) -> None:
+    m = summary["machine"]
+    start, end = markers(SECTION)
+    rows = [f"| {r['variant']} | {r['concurrent']} | {100 * r['wer']:.1f} | {100 * (r['wer'] - summary['offline_wer']):+.1f} "
+            f"| {r['seconds']:.0f} |" for r in summary["results"]]
+    lines = [
+        start,
+        "### Streaming accuracy against offline decoding, recordings of people",
+        "",
+        f"- Clips: {len(summary['clips'])} English dev-set recordings (tests/data/devset), {summary['seconds']:.0f} s, "
+        f"{summary['words']} words; WER pooled over all clips, lower-cased, punctuation removed",
+        f"- Offline: `WhisperModel.transcribe(file)`, faster-whisper's defaults (beam 5, temperature fallback, "
+        f"previous text), WER {100 * summary['offline_wer']:.1f} %",
+        "- Streaming: the pod's `SessionStream` and `WhisperEngine` in one process, 100 ms frames, every job decoded "
+        "before the next frame (an unloaded pod); N clips side by side share batches",
+        f"- Machine: {m['nproc']} x {m['cpu_model']}; date {summary['date']}; git {summary['git'].get('commit', '?')[:12]}",
+        f"- Command: `{summary['command']}`",
+        "",
+        "| variant | N | WER % | vs offline, points | compute s |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+    ]
+    if plot_path:
+        lines += ["", f"![streaming vs offline WER]({plot_path.resolve().relative_to(DOCS.parent.resolve()).as_posix()})"]
+    lines.append(end)
+    replace_section(DOCS, start, end, "\n".join(lines), "# Benchmarks\n")
 
 
 if __name__ == "__main__":

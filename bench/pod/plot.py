@@ -173,7 +173,8 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
     start, end = markers(results["protocol"])
     targets = results["targets"]
     models = sorted({f"{t.get('model', '?')} ({t.get('compute_type', '?')}, {t.get('device', '?')})" for t in targets})
-    beams = ", ".join(f"{t['name']} {t.get('beam_size', '?')}" for t in targets)
+    beams = ", ".join(f"{t['name']} {t.get('beam_size', '?')}"
+                      + (f" (finals {t['final_beam_size']})" if t.get("final_beam_size") else "") for t in targets)
     servers = "; ".join(f"`{t['name']}`: {t.get('server', '?')}, `{t.get('command', '?')}`" for t in targets)
     git = results.get("git", {})
     noisy = [f"{t['name']} N={r['n']} ({r['cpu']['other_cores']:.2f})" for t in targets for r in t["runs"]
@@ -187,8 +188,10 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
         f"- Machine: {m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB memory, Linux {m['kernel']}, Python {m['python']}",
         f"- Model: {', '.join(models)}; beam width: {beams}",
         f"- Date: {results['date']}; git {git.get('commit', '?')[:12]}{' (with local changes)' if git.get('dirty') else ''}",
-        f"- Load: N concurrent real-time streams of espeak-ng speech (tests/speech.py), each a different text and "
-        f"voice, >= {c['seconds_per_stream']:g} s per stream, starts {c['stagger_seconds']:g} s apart; "
+        f"- Load: N concurrent real-time streams of "
+        + ("recordings of people (tests/data/devset clips, 0.8 s apart, in a different order per stream)"
+           if c.get("speech") == "devset" else "espeak-ng speech (tests/speech.py), each a different text and voice")
+        + f", >= {c['seconds_per_stream']:g} s per stream, starts {c['stagger_seconds']:g} s apart; "
         f"hard cap {c['cap_factor']:g}x the audio per N"
         + (f"; `END_OF_AUDIO` after {c['linger_seconds']:g} s without new text" if c.get("linger_seconds") else ""),
         f"- Servers: {servers}",

@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--servers", default="whisperlive,whisperlive-batch,voxfleet",
                     help="whisperlive protocol: servers to run (whisperlive, whisperlive-batch, voxfleet)")
     ap.add_argument("--seconds-per-stream", type=float, default=40.0, help="audio per stream, at least (default 40)")
+    ap.add_argument("--speech", choices=("devset", "espeak"), default="devset",
+                    help="recordings of people (tests/data/devset, default) or synthetic espeak voices")
     ap.add_argument("--cap-factor", type=float, default=3.0,
                     help="hard wall-clock cap per N, as a multiple of the audio length (default 3)")
     ap.add_argument("--stagger-seconds", type=float, default=0.25,
@@ -96,7 +98,7 @@ def target_info(server: servers.Server) -> dict:
             "command": shlex.join(["python", *server.argv[1:]]).replace(str(server.port), "<port>"),
             "model": settings["model"], "model_path": settings["model_path"], "device": settings["device"],
             "compute_type": settings["compute_type"], "beam_size": settings["beam_size"],
-            "max_batch": settings["max_batch"], "settings": settings,
+            "final_beam_size": settings.get("final_beam_size"), "max_batch": settings["max_batch"], "settings": settings,
         }
     batch = "--batch" in server.argv
     return {
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workload.require_speech_tools()
     print(f"preparing {max(args.n_values)} stream scripts of >= {args.seconds_per_stream:g} s ...", flush=True)
-    scripts = workload.scripts(max(args.n_values), args.seconds_per_stream)
+    scripts = workload.scripts(max(args.n_values), args.seconds_per_stream, args.speech)
     offline: dict[int, float] = {}
     if not args.no_reference:
         print("offline reference WER of each stream (the model alone, before any server runs) ...", flush=True)
@@ -236,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "config": {
             "streams": args.n_values, "seconds_per_stream": args.seconds_per_stream, "cap_factor": args.cap_factor,
+            "speech": args.speech,
             "stagger_seconds": args.stagger_seconds, "rest_seconds": args.rest_seconds,
             "gap_seconds": workload.GAP_SECONDS, "linger_seconds": args.linger if args.protocol == "whisperlive" else None,
             "target_p95_seconds": stats.TARGET_P95_SECONDS, "wer_tolerance": stats.WER_TOLERANCE,

@@ -68,8 +68,34 @@ def stream_script(index: int, seconds: float, gap: float = GAP_SECONDS) -> Strea
     return StreamScript(index, voice, tuple(chosen), path, _seconds(path), tuple(speech))
 
 
-def scripts(n: int, seconds: float) -> list[StreamScript]:
-    return [stream_script(i, seconds) for i in range(n)]
+def devset_script(index: int, seconds: float, gap: float = GAP_SECONDS) -> StreamScript:
+    """Stream `index` of recordings of people: English dev-set clips in a per-stream order, `gap` apart."""
+    import soundfile as sf
+
+    from tests.devset import clips
+    from tests.speech import cache_dir
+
+    order = random.Random(7919 * (index + 1)).sample(clips(), len(clips()))
+    chosen, speech, parts, t = [], [], [], 0.0
+    silence = np.zeros(int(gap * 16000), dtype=np.float32)
+    for clip in order:
+        if t >= seconds:
+            break
+        audio, _ = sf.read(str(clip.path), dtype="float32")
+        chosen.append(clip.text)
+        speech.append((t, t + len(audio) / 16000))
+        parts += [audio, silence]
+        t += len(audio) / 16000 + gap
+    path = cache_dir() / f"devset-{index}-{seconds:g}-{gap:g}.wav"
+    if not path.exists():
+        sf.write(str(path), np.concatenate(parts), 16000, subtype="PCM_16")
+    return StreamScript(index, "devset", tuple(chosen), path, _seconds(path), tuple(speech))
+
+
+def scripts(n: int, seconds: float, speech: str = "devset") -> list[StreamScript]:
+    """`speech`: "devset" (recordings of people, the default) or "espeak" (synthetic voices)."""
+    make = devset_script if speech == "devset" else stream_script
+    return [make(i, seconds) for i in range(n)]
 
 
 def float32_16k(path: Path) -> np.ndarray:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.client import ClientConnection
@@ -351,7 +352,8 @@ class NativeRelay:
         exclude = frozenset({old.name}) if old is not None else frozenset()
         try:
             pod, pod_ws, reply, _ = await self.router.open_leg(
-                p.encode(p.start_message(state.pin.start())), "failover", exclude=exclude, client=self.client,
+                p.encode(p.start_message(replace(state.pin.start(), previous_text=state.text_before_replay()))),
+                "failover", exclude=exclude, client=self.client,
                 notify=None, bounded=False)
         except ProtocolError as exc:
             self.router.metrics.failovers.labels("failed").inc()

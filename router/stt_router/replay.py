@@ -38,6 +38,9 @@ from stt_router.tokens import Pin
 HEADER = p.FRAME_HEADER.size
 _SEQ = p.FRAME_HEADER
 
+RECENT_FINALS = 32
+"""Finals whose text a failover hands the new pod as context (it is cut to MAX_PROMPT_CHARS)."""
+
 ACK = re.compile(r'\{"type":"ack","seq":-?\d+,"committed_seq":(-?\d+),"committed_seconds":(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\}')
 """A pod's `ack` exactly as voxfleet.protocol encodes it: read with a regex, not json.loads (one per frame).
 Anything else (other spacing, key order or fields) takes the general JSON path."""
@@ -152,10 +155,16 @@ class RelayState:
     pending_end: dict | None = None  # the pod's 'end', relayed only if the pod ends the session for good
     pending_error: dict | None = None  # the same for its 'error' (a pod that fails may be failed over)
     pin_changed: bool = False  # the client should get a fresh token
+    recent_finals: deque = field(default_factory=lambda: deque(maxlen=RECENT_FINALS))  # (end, text), client time
     _seconds_per_byte: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         self._seconds_per_byte = 1.0 / self.pin.start().audio.bytes_per_frame / self.pin.sample_rate
+
+    def text_before_replay(self) -> str:
+        """The final text the client has for audio before the replay: a new pod's decoding context."""
+        return " ".join(text for end, text in self.recent_finals if end <= self.committed_seconds + 1e-6)[
+            -p.MAX_PROMPT_CHARS:]
 
     @classmethod
     def new(cls, pin: Pin, max_seconds: float, max_bytes: int) -> "RelayState":
@@ -243,7 +252,14 @@ class RelayState:
                 leg.seg_base = seg_base
                 self.pin_changed = True
             self.last_final_end = max(self.last_final_end, end)
-            out = [p.final(segment_id, msg["text"], start, end)]
+            self.recent_finals.append((end, msg["text"]))
+            words = msg.get("words")
+            if isinstance(words, list):
+                words = [(w["word"], float(w["start"]) + leg.time_offset, float(w["end"]) + leg.time_offset,
+                          w.get("probability")) for w in words if isinstance(w, dict)]
+            else:
+                words = None
+            out = [p.final(segment_id, msg["text"], start, end, words)]
             ack = self._advance(self.tail.last_ending_by(self.last_final_end), None)
             return out + ack
         if kind == "partial":

@@ -42,18 +42,21 @@ class Pin:
     language: str | None = "en"
     priority: str = "normal"
     partials: bool = True
+    prompt: str = ""  # the session's start options, so a failover opens the same session elsewhere
+    word_timestamps: bool = False
     principal: str = ""  # API key name that opened the session
     failovers: int = 0
     protocol: str = "native"
 
     def start(self) -> p.Start:
         return p.Start(p.AudioFormat(self.sample_rate, self.encoding, self.channels), self.language, self.priority,
-                       self.partials)
+                       self.partials, self.prompt, self.word_timestamps)
 
     @classmethod
     def for_start(cls, start: p.Start, **fields) -> "Pin":
         return cls(sample_rate=start.audio.sample_rate, encoding=start.audio.encoding, channels=start.audio.channels,
-                   language=start.language, priority=start.priority, partials=start.partials, **fields)
+                   language=start.language, priority=start.priority, partials=start.partials, prompt=start.prompt,
+                   word_timestamps=start.word_timestamps, **fields)
 
 
 @dataclass(frozen=True)

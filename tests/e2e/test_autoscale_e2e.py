@@ -48,7 +48,7 @@ from typing import Any
 
 from tests.e2e.cluster import LOOPBACK, ClusterError, eventually, free_port, http_get, pod_ready
 from tests.e2e.kubelet import PART_OF
-from tests.speech import SENTENCES, conversation, require_tools, wer
+from tests.devset import assert_as_accurate_as_offline, clips, offline_text
 from voxfleet import protocol as p
 from voxfleet.client import FRAME_SECONDS, Audio, read_audio
 
@@ -57,7 +57,6 @@ STT_SELECTOR = f"app.kubernetes.io/instance={POOL},app.kubernetes.io/component=s
 ROUTER_SELECTOR = f"app.kubernetes.io/instance={POOL},app.kubernetes.io/component=router"
 PERIOD = 2  # spec.autoscaling.intervalSeconds (and the operator's resync in tests/e2e/conftest.py)
 DRAINING = "voxfleet.io/draining"
-MAX_WER = 0.35
 QUEUE_ATTEMPTS = 4  # starts of one session (each waits at most the router's queue wait)
 
 
@@ -288,23 +287,23 @@ class SessionThread:
         return self.record
 
 
-def assert_complete(record: SessionRecord, reference: str) -> None:
+def assert_complete(record: SessionRecord, names: tuple[str, ...]) -> None:
+    """Ended cleanly with every word: as accurate as offline decoding of the same recordings."""
     assert record.ended and not record.errors, record
     assert record.close_code in (1000, None), record
-    assert wer(reference, record.text) <= MAX_WER, (reference, record.text)
+    assert_as_accurate_as_offline(names, record.text)
 
 
 # ------------------------------------------------------------------ the test
 
 def test_builtin_autoscaler_scales_on_prometheus_and_drains_without_cutting_sessions(
         cluster, operator_process, kubelet, live_namespace, prometheus_binary):
-    require_tools()
     ns, api = live_namespace, kubelet.api
-    # Speech first (synthesised once, cached): nothing below waits on espeak.
-    burst_text = SENTENCES[8:10]
-    held_before, held_after = SENTENCES[10:11], SENTENCES[11:12]
-    burst_audio = read_audio(conversation(burst_text))
-    held_audio = [read_audio(conversation(held_before)), read_audio(conversation(held_after))]
+    # Recordings of people; their offline transcripts first, so nothing below waits on the model.
+    burst, held = ("en_jfk_ask_not",), ("en_arctic_awb_a0007", "en_librispeech_61-70968-0000")
+    offline_text(*burst), offline_text(*held)
+    burst_audio = read_audio(clips(*burst)[0].path)
+    held_audio = [read_audio(c.path) for c in clips(*held)]
 
     workdir = cluster.workdir / f"prometheus-{ns}"
     workdir.mkdir()
@@ -447,7 +446,7 @@ def test_builtin_autoscaler_scales_on_prometheus_and_drains_without_cutting_sess
         assert history[first_true][1][-1] == 200  # Ready came from a passing /readyz of the real process
 
         record = first.join(120)
-        assert_complete(record, " ".join(burst_text))
+        assert_complete(record, burst)
         assert not second.done()
         # The operator measures the burst: both sessions, and the arrivals of the last minute.
         [busy] = next_decisions(1, 10 * PERIOD)
@@ -496,7 +495,7 @@ def test_builtin_autoscaler_scales_on_prometheus_and_drains_without_cutting_sess
         # ... which ends complete; then pod 1 goes, and the pool is back at minReplicas.
         release.set()
         record = second.join(120)
-        assert_complete(record, " ".join(held_before + held_after))
+        assert_complete(record, held)
         assert record.held_frames < int(240 / FRAME_SECONDS), record  # released, not timed out
 
         def scaled_down() -> bool:

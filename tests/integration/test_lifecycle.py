@@ -8,6 +8,8 @@ import signal
 
 import pytest
 
+from tests.devset import assert_as_accurate_as_offline, clips
+from tests.devset import wer as devset_wer
 from tests.integration.pod_http import http_get, metric
 from tests.integration.proxy import CuttingProxy
 from tests.integration.wire import collect, errors, finals_text, open_session, pcm16_frames
@@ -20,11 +22,15 @@ from voxfleet.tokens import TokenSigner
 pytestmark = pytest.mark.integration
 
 SECRET = "integration-test-secret"
+RESUME_CLIP = "en_mfa_acoustic_corpus"
+"""27 s of spontaneous speech with pauses: cut twice in its first 7 s."""
+SAME_TEXT_MARGIN = 0.05
+"""A resumed session decodes the same windows as an uninterrupted one; only batching may differ."""
 
 
 async def test_resume_after_connection_loss_loses_and_repeats_nothing(pod_factory):
     pod = pod_factory("--token-secret", SECRET)
-    sentences = SENTENCES[2:6]
+    [clip] = clips(RESUME_CLIP)
     async with CuttingProxy(pod.port) as proxy:
         async def cut_twice():
             for delay in (3.0, 4.0):
@@ -32,13 +38,17 @@ async def test_resume_after_connection_loss_loses_and_repeats_nothing(pod_factor
                 proxy.cut()
 
         cutter = asyncio.create_task(cut_twice())
-        results = [r async for r in transcribe(proxy.url, conversation(sentences), realtime=True, backoff=0.1)]
+        results = [r async for r in transcribe(proxy.url, clip.path, realtime=True, backoff=0.1)]
         await cutter
         assert proxy.connections >= 3, "the connection was never cut"
     finals = [r for r in results if r.final]
     assert [r.segment_id for r in finals] == list(range(len(finals))), "a final was lost or repeated"
     assert all(a.end <= b.start + 0.3 for a, b in zip(finals, finals[1:]))
-    assert wer(" ".join(sentences), " ".join(r.text for r in finals)) <= 0.3
+    resumed = " ".join(r.text for r in finals)
+    assert_as_accurate_as_offline((RESUME_CLIP,), resumed)
+    # The same audio without the cuts: the same windows, so the same words.
+    uninterrupted = " ".join([r.text async for r in transcribe(pod.url, clip.path, realtime=True) if r.final])
+    assert devset_wer(uninterrupted, resumed) <= SAME_TEXT_MARGIN, (uninterrupted, resumed)
     assert metric(pod, "voxfleet_pod_resumes_total") >= 2
     assert metric(pod, "voxfleet_pod_frames_duplicate_total") >= 0
 

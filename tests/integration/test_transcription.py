@@ -6,43 +6,43 @@ import asyncio
 
 import pytest
 
-from tests.speech import SENTENCES, VOICES, conversation, speak, wer, words
+from tests.devset import assert_as_accurate_as_offline, assert_file_as_accurate_as_offline, clips
+from tests.speech import SENTENCES, VOICES, conversation, speak, words
 from voxfleet.client import transcribe, transcript
 
 pytestmark = pytest.mark.integration
 
-WER_BOUND = 0.30
-"""tiny.en offline (beam 5) gets 0.14-0.20 on these voices; the bound catches broken streaming, not accent."""
-SESSION_WER_BOUND = 0.45  # one voice on two sentences varies more than the mean
+MARKER_LETTERS = 3
+"""Words this long or longer tell sessions apart; "I", "on" and "a" come out of any misheard sentence."""
 
 
-async def test_single_session_transcript_within_wer(pod):
+async def test_single_session_transcript_is_as_accurate_as_offline(pod):
     sentences = SENTENCES[:4]
-    text = await transcript(pod.url, conversation(sentences))
-    assert wer(" ".join(sentences), text) <= WER_BOUND, text
+    path = conversation(sentences)
+    assert_file_as_accurate_as_offline(path, " ".join(sentences), await transcript(pod.url, path))
 
 
 async def test_realtime_stream_gets_partials_and_ordered_finals(pod):
-    sentences = SENTENCES[4:6]
-    results = [r async for r in transcribe(pod.url, conversation(sentences), realtime=True, partials=True)]
+    [clip] = clips("en_jfk_ask_not")
+    results = [r async for r in transcribe(pod.url, clip.path, realtime=True, partials=True)]
     finals = [r for r in results if r.final]
     assert any(not r.final for r in results), "no partial while speech went on"
     assert [r.segment_id for r in finals] == list(range(len(finals))), "finals repeated or out of order"
     assert all(a.end <= b.start + 0.3 for a, b in zip(finals, finals[1:])), "finals overlap in time"
-    assert wer(" ".join(sentences), " ".join(r.text for r in finals)) <= WER_BOUND
+    assert_as_accurate_as_offline((clip.name,), " ".join(r.text for r in finals))
 
 
-@pytest.mark.parametrize("rate,channels,encoding,bound", [
-    (8000, 1, "pcm16", 0.6),  # telephone band: offline faster-whisper itself gets 0.68 on this file
-    (44100, 2, "float32", 0.4),
-    (48000, 1, "float32", 0.4),
+@pytest.mark.parametrize("rate,channels,encoding", [
+    (8000, 1, "pcm16"),  # telephone band: offline faster-whisper itself gets about 0.65 on this file
+    (44100, 2, "float32"),
+    (48000, 1, "float32"),
 ])
-async def test_any_rate_channels_and_encoding(pod, rate, channels, encoding, bound):
+async def test_any_rate_channels_and_encoding(pod, rate, channels, encoding):
     sentence = SENTENCES[6] + " " + SENTENCES[7]
     path = speak(sentence, "en-us", rate=rate, channels=channels, encoding=encoding)
     text = await transcript(pod.url, path)
-    # A wrong resampler or downmix gives nonsense, far above these bounds.
-    assert wer(sentence, text) <= bound, text
+    # A wrong resampler or downmix gives nonsense, far worse than offline decoding of the same file.
+    assert_file_as_accurate_as_offline(path, sentence, text)
 
 
 async def test_concurrent_sessions_each_get_their_own_words(pod):
@@ -50,11 +50,9 @@ async def test_concurrent_sessions_each_get_their_own_words(pod):
     scripts = [[SENTENCES[(2 * i + 8) % len(SENTENCES)], SENTENCES[(2 * i + 9) % len(SENTENCES)]] for i in range(n)]
     files = [conversation(s, VOICES[i % len(VOICES)]) for i, s in enumerate(scripts)]
     texts = await asyncio.gather(*(transcript(pod.url, f, realtime=True) for f in files))
-    vocab = [set(words(" ".join(s))) for s in scripts]
-    errors = [wer(" ".join(script), text) for script, text in zip(scripts, texts)]
-    assert sum(errors) / n <= WER_BOUND, list(zip(errors, texts))
+    vocab = [{w for w in words(" ".join(s)) if len(w) >= MARKER_LETTERS} for s in scripts]
     for i, (script, text) in enumerate(zip(scripts, texts)):
-        assert errors[i] <= SESSION_WER_BOUND, (i, text)
+        assert_file_as_accurate_as_offline(files[i], " ".join(script), text)
         others = set().union(*(v for j, v in enumerate(vocab) if j != i)) - vocab[i]
         leaked = set(words(text)) & others
         assert len(leaked) <= 1, f"session {i} heard another session's words: {leaked}"

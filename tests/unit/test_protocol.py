@@ -214,3 +214,28 @@ def test_audio_format_sizes():
     fmt = AudioFormat(8_000, "float32", 2)
     assert fmt.bytes_per_frame == 8
     assert fmt.seconds(8 * 8_000) == pytest.approx(1.0)
+
+
+def test_start_options_prompt_word_timestamps_and_previous_text():
+    start = parse({"type": "start", "options": {"prompt": "Montreal Forced Aligner", "word_timestamps": True,
+                                                 "previous_text": "So this is the corpus."}})
+    assert (start.prompt, start.word_timestamps, start.previous_text) == (
+        "Montreal Forced Aligner", True, "So this is the corpus.")
+    assert parse(start_message(start)) == start
+    assert parse({"type": "start"}).prompt == "" and not parse({"type": "start"}).word_timestamps
+
+
+@pytest.mark.parametrize("options", [{"prompt": 3}, {"word_timestamps": "yes"}, {"previous_text": None},
+                                     {"prompt": "x" * 2001}, {"previous_text": "x" * 2001}])
+def test_bad_start_options_are_bad_messages(options):
+    error = refused(json.dumps({"type": "start", "options": options}))
+    assert error.code == ErrorCode.BAD_MESSAGE
+
+
+def test_a_final_carries_its_words_only_when_given():
+    from voxfleet.protocol import final
+
+    assert "words" not in final(0, "hi", 0.0, 1.0)
+    message = final(0, "hi there", 0.0, 1.0, [("hi", 0.0, 0.4, 0.91234), ("there", 0.5, 1.0, None)])
+    assert message["words"] == [{"word": "hi", "start": 0.0, "end": 0.4, "probability": 0.9123},
+                                {"word": "there", "start": 0.5, "end": 1.0}]

@@ -239,3 +239,25 @@ def test_a_frame_goes_to_the_first_pod_as_the_client_sent_it():
     s.fail_over("pod-2", "ws://127.0.0.1:9002")  # commit 0: base 1
     assert send_all(s) == [0, 1]
     assert bytes(p.unpack_frame(s.pod_frame(s.tail.frames[1]))[1]) == FRAME
+
+
+def test_word_timestamps_are_shifted_with_their_final():
+    s = state()
+    feed(s, 0, 49)
+    send_all(s)
+    s.on_pod_message(p.ack(49, 19, 2.0))
+    s.fail_over("pod-1", "ws://127.0.0.1:9001")
+    s.leg_ready("tok1")
+    [out, _] = s.on_pod_message(p.final(0, "two", 0.4, 1.0, [("two", 0.4, 1.0, 0.5)]))
+    assert out["words"] == [{"word": "two", "start": 2.4, "end": 3.0, "probability": 0.5}]
+
+
+def test_a_failover_hands_the_new_pod_the_text_before_the_replay():
+    s = state()
+    feed(s, 0, 49)
+    send_all(s)
+    s.on_pod_message(final(0, "one two.", 0.3, 1.0))
+    s.on_pod_message(final(1, "three", 1.2, 1.9))
+    s.on_pod_message(p.ack(49, 19, 2.0))
+    s.on_pod_message(final(2, "four", 2.2, 2.8))  # after the commit point: the new pod hears it again
+    assert s.text_before_replay() == "one two. three"

@@ -53,3 +53,15 @@ def test_options_map_onto_a_session_start():
     for bad in ({"uid": 3}, options(audio_format="uint8"), options(send_last_n_segments=0), options(language=5)):
         with pytest.raises(p.ProtocolError):
             parse_options(bad)
+
+
+def test_initial_prompt_hotwords_and_word_timestamps_reach_the_session():
+    from stt_pod.whisperlive import parse_options
+
+    start = parse_options(options(initial_prompt="Montreal", hotwords="Aligner", word_timestamps=True)).start
+    assert start.prompt == "Montreal Aligner" and start.word_timestamps
+    assert parse_options(options()).start.prompt == "" and not parse_options(options()).start.word_timestamps
+    for bad in (options(initial_prompt=3), options(hotwords=["a"]), options(word_timestamps="yes"),
+                options(initial_prompt="x" * (p.MAX_PROMPT_CHARS + 1))):
+        with pytest.raises(p.ProtocolError):
+            parse_options(bad)
