@@ -398,8 +398,8 @@ def test_builtin_autoscaler_scales_on_prometheus_and_drains_without_cutting_sess
                                                   "scraped, the operator measuring")
         router_url = f"ws://{router_ip}:8080"
         assert sts_replicas() == 1
-        held = next_decisions(2, 10 * PERIOD)
-        assert all(d["replicas"] == 1 and d["action"] == "hold" for d in held), held
+        idle = next_decisions(2, 10 * PERIOD)
+        assert all(d["replicas"] == 1 and d["action"] == "hold" for d in idle), idle
 
         def router_pods() -> dict[str, dict]:
             code, body = http_get(f"http://{router_ip}:8080/status")
