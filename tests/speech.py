@@ -72,12 +72,26 @@ def speak(text: str, voice: str = "en-us", rate: int = 16000, channels: int = 1,
     if pause_ms:
         args += ["-g", str(max(1, pause_ms // 10))]
     subprocess.run(args + [text], check=True, capture_output=True)
+    _sox_convert(raw, out, rate, channels, encoding)
+    raw.unlink()
+    return out
+
+
+def reformat(path: Path, rate: int, channels: int = 1, encoding: str = "pcm16") -> Path:
+    """A copy of a recording at another rate, channel count or encoding (pcm16 or float32), made by sox."""
+    require_tools()
+    key = hashlib.sha256(repr((path.read_bytes(), rate, channels, encoding)).encode()).hexdigest()[:16]
+    out = cache_dir() / f"{path.stem}-{rate}-{channels}-{encoding}-{key}.wav"
+    if not out.exists():
+        _sox_convert(path, out, rate, channels, encoding)
+    return out
+
+
+def _sox_convert(src: Path, out: Path, rate: int, channels: int, encoding: str) -> None:
     fmt = ["-b", "16", "-e", "signed-integer"] if encoding == "pcm16" else ["-b", "32", "-e", "floating-point"]
     tmp = out.with_suffix(".tmp.wav")
-    subprocess.run(["sox", str(raw), "-r", str(rate), "-c", str(channels), *fmt, str(tmp)], check=True, capture_output=True)
-    raw.unlink()
+    subprocess.run(["sox", str(src), "-r", str(rate), "-c", str(channels), *fmt, str(tmp)], check=True, capture_output=True)
     tmp.rename(out)
-    return out
 
 
 def conversation(sentences: list[str], voice: str = "en-us", gap_seconds: float = 0.8, rate: int = 16000) -> Path:
