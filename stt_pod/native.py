@@ -43,7 +43,18 @@ async def serve_native(pod: "PodServer", ws: ServerConnection, first: p.Start | 
         cursor = session.cursor_after_segment(first.last_segment_id)
         resumed = True
     session.connected = True
-    await ws.send(p.encode(p.ready(session.id, pod.token_for(session), session.orderer.next_seq, resumed)))
+    try:
+        await ws.send(p.encode(p.ready(session.id, pod.token_for(session), session.orderer.next_seq, resumed)))
+    except ConnectionClosed:
+        # Gone before it heard of the session. A new one has no token to come back with: its slot
+        # is freed now (a failed start); a resumed one keeps the rest of its grace period.
+        session.connected = False
+        if resumed:
+            pod.detach(session)
+        else:
+            pod.metrics.refusals.labels(ErrorCode.CONNECTION_LOST).inc()
+            pod.release(session)
+        raise
     writer = asyncio.create_task(_write(ws, session, cursor))
     reader = asyncio.create_task(_read(pod, ws, session))
     done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)

@@ -220,6 +220,7 @@ class PodServer:
         try:
             first = await asyncio.wait_for(ws.recv(), self.settings.start_timeout_seconds)
         except asyncio.TimeoutError:
+            self.metrics.refusals.labels(ErrorCode.START_TIMEOUT).inc()
             return await native.refuse(ws, ProtocolError(ErrorCode.START_TIMEOUT, "no start message in time"))
         except ConnectionClosed:
             return

@@ -84,6 +84,7 @@ class ErrorCode:
     INVALID_API_KEY = "invalid_api_key"  # router (1008)
     KEY_LIMIT = "key_limit"  # router: the key's concurrent sessions are all in use (1008)
     INTERNAL = "internal"
+    CONNECTION_LOST = "connection_lost"  # never sent: a metrics reason for a client gone before `ready`
 
 
 class ProtocolError(Exception):
