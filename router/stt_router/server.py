@@ -397,7 +397,12 @@ class RouterServer:
                                 principal=principal.name)
             state = RelayState.new(pin, self.settings.max_replay_seconds, self.settings.max_replay_bytes)
             self.remember(pin)
-            await ws.send(p.encode(p.ready(sid, self.tokens.issue(pin), 0, False)))
+            try:
+                await ws.send(p.encode(p.ready(sid, self.tokens.issue(pin), 0, False)))
+            except ConnectionClosed:  # gone before it got a token: nobody can resume it, so end it on the pod
+                await _close_pod_leg(pod_ws)
+                self.release_pod(pod)
+                raise
             await self._relay(ws, state, pod, pod_ws, "start")
         finally:
             self.limits.release(principal)
@@ -407,7 +412,7 @@ class RouterServer:
             pin = self.tokens.verify(resume.token).pin
         except InvalidToken as exc:
             raise ProtocolError(ErrorCode.INVALID_TOKEN, str(exc), CloseCode.POLICY) from None
-        if not principal.anonymous and pin.principal != principal.name:
+        if pin.principal != principal.name:  # no key is a principal too: it resumes only its own sessions
             raise ProtocolError(ErrorCode.INVALID_TOKEN, "that token belongs to another API key", CloseCode.POLICY)
         local = self.relays.get(pin.session_id)
         if local is not None:  # its client came back before we saw it leave
@@ -445,7 +450,12 @@ class RouterServer:
                                        resume.last_seq, resume.last_segment_id, int(reply.get("next_seq", 0)))
             self.remember(pin)
             next_seq = min(resume.last_seq + 1, int(reply.get("next_seq", 0)) + pin.seq_base)
-            await ws.send(p.encode(p.ready(pin.session_id, self.tokens.issue(pin), max(0, next_seq), True)))
+            try:
+                await ws.send(p.encode(p.ready(pin.session_id, self.tokens.issue(pin), max(0, next_seq), True)))
+            except ConnectionClosed:  # it still holds its token: the pod keeps the session for another resume
+                abort(pod_ws)
+                self.release_pod(pod)
+                raise
             await self._relay(ws, state, pod, pod_ws, "resume")
         finally:
             self.limits.release(principal)
@@ -568,3 +578,11 @@ async def run_router(settings: RouterSettings) -> None:
     router = RouterServer(settings, worker=index, reuse_port=index > 0)
     await router.start()
     await router.run_until_stopped()
+
+
+async def _close_pod_leg(pod_ws: ClientConnection) -> None:
+    """End a pod leg normally: the pod releases the session at once instead of holding it for a resume."""
+    try:
+        await asyncio.wait_for(pod_ws.close(CloseCode.NORMAL, "client left"), 5)
+    except (ConnectionClosed, asyncio.TimeoutError):
+        abort(pod_ws)

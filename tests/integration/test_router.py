@@ -32,7 +32,10 @@ from stt_router.tokens import Pin, RouterTokens, signer_for
 from tests.integration.conftest import ServerProcess, free_port, start_server
 from tests.integration.pod_http import http_get
 from tests.integration.proxy import CuttingProxy
+from tests.integration.test_robustness import active_sessions, leave_behind_start
 from tests.integration.wire import collect, pcm16_frames, start
+from tests.devset import assert_as_accurate_as_offline, clips
+from tests.devset import wer as devset_wer
 from tests.speech import SENTENCES, conversation, wer, words
 from voxfleet import protocol as p
 from voxfleet.cli import bundled_sample
@@ -42,6 +45,9 @@ pytestmark = pytest.mark.integration
 
 WER_BOUND = 0.30
 """As for one pod (tests/integration/test_transcription.py): the bound catches lost or repeated sentences."""
+FAILOVER_TEXT_MARGIN = 0.1
+"""The pod a session moves to has its earlier text (the prompt) but not its earlier audio, so the first
+utterance after the move is heard with less context than on the first pod: a word or two may differ."""
 
 
 # --- router processes -------------------------------------------------------------
@@ -267,6 +273,25 @@ async def test_pod_killed_mid_session_moves_it_without_losing_or_repeating_words
     assert metric(b, "voxfleet_pod_sessions_total") == 1
 
 
+async def test_a_failover_gives_the_words_an_uninterrupted_stream_gets(pod_factory, router_factory):
+    a = pod_factory("--max-sessions", "2", "--pod-id", "same-a")
+    b = pod_factory("--max-sessions", "2", "--pod-id", "same-b")
+    router = router_factory([a, b], "--anonymous")
+    [clip] = clips("en_mfa_acoustic_corpus")  # 27 s of spontaneous speech, several utterances
+    uninterrupted = [r async for r in transcribe(router.url, clip.path, realtime=True) if r.final]
+    finals = []
+    async for result in transcribe(router.url, clip.path, realtime=True):
+        finals.append(result)
+        if len(finals) == 2:  # two utterances final, the third under way: kill the pod
+            a.process.kill()
+            a.process.wait(10)
+    assert metric(router, "voxfleet_router_failovers_total", result="moved") == 1
+    assert [r.segment_id for r in finals] == list(range(len(finals)))
+    moved, straight = " ".join(r.text for r in finals), " ".join(r.text for r in uninterrupted)
+    assert devset_wer(straight, moved) <= FAILOVER_TEXT_MARGIN, (straight, moved)
+    assert_as_accurate_as_offline((clip.name,), moved)
+
+
 async def test_resume_through_a_second_router_replica(pod, router_factory):
     secret = ["--token-secrets", f"test-{uuid.uuid4().hex}"]
     first = router_factory([pod], "--anonymous", *secret)
@@ -389,6 +414,26 @@ async def test_two_workers_share_the_port_and_verify_each_others_tokens(pod, rou
         os.kill(worker_pid, 0)
 
 
+async def test_a_client_gone_right_after_start_frees_its_slot_in_the_router_and_the_pod(pod_factory, router_factory):
+    pod = pod_factory("--max-sessions", "2", "--resume-grace-seconds", "1")
+    router = router_factory([pod], "--anonymous", "--max-queue-wait-seconds", "5")
+    for how in ("close", "fin", "reset"):
+        for _ in range(2):  # as many as the pod has slots
+            await leave_behind_start(router.port, how)
+
+    def counted() -> tuple[int, int]:
+        [view] = json.loads(http_get(router.http + "/status")[1])["pods"]
+        return view["router_sessions"], active_sessions(pod)
+
+    for _ in range(300):  # a leaked leg lasted for ever; 30 s is a bound, not a timing
+        if counted() == (0, 0):
+            break
+        await asyncio.sleep(0.1)
+    assert counted() == (0, 0)
+    ws = await hold(router.url)  # placed at once: nothing queues behind ghosts
+    await release(ws)
+
+
 # --- access --------------------------------------------------------------------------
 
 
@@ -410,6 +455,36 @@ async def test_api_keys_are_checked_before_any_pod_is_touched(pod, router_factor
     sample = bundled_sample()
     text = " ".join([r.text async for r in transcribe(router.url, sample, headers={"X-API-Key": "acme-key"}) if r.final])
     assert "sample" in text.lower(), text
+
+
+async def test_a_resume_token_works_only_for_the_principal_that_opened_the_session(pod, router_factory, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text(f"acme {hash_key('acme-key')} 4 normal\nbeta {hash_key('beta-key')} 4 normal\n")
+    router = router_factory([pod], "--api-keys", str(keys), "--anonymous")
+    principals = {"acme": {"Authorization": "Bearer acme-key"}, "beta": {"Authorization": "Bearer beta-key"},
+                  "no key": None}
+
+    async def open_(headers):
+        ws = await connect(router.url, max_size=None, additional_headers=headers)
+        await ws.send(start())
+        ready = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        assert ready["type"] == "ready", ready
+        return ws, ready["resume_token"]
+
+    for owner, owner_headers in principals.items():
+        ws, token = await open_(owner_headers)
+        for other, headers in principals.items():
+            if other == owner:
+                continue
+            messages, code = await refused(router.url, p.encode({"type": "resume", "token": token}), headers=headers)
+            assert code == 1008 and [m["code"] for m in messages] == [p.ErrorCode.INVALID_TOKEN], (owner, other, messages)
+        # the owner's session was not touched by any of those; the owner itself may take it over
+        async with connect(router.url, max_size=None, additional_headers=owner_headers) as again:
+            await again.send(p.encode({"type": "resume", "token": token}))
+            ready = json.loads(await asyncio.wait_for(again.recv(), 30))
+            assert ready["type"] == "ready" and ready["resumed"], (owner, ready)
+            await release(again)
+        await ws.wait_closed()
 
 
 # --- both protocols, bad input ---------------------------------------------------------
