@@ -6,7 +6,10 @@ call), picks a batch with `pick_batch`, and runs it on the one model in a
 worker thread while the event loop keeps serving sockets.
 
 The policy is pure and lives in `pick_batch`:
-- finals before partials, then session priority (high, normal, low), then arrival;
+- finals before partials, then session priority (high, normal, low), then
+  sessions in turn: each session's oldest job before any session's second, so
+  one session with a backlog (a fast sender) never takes the whole model
+  from the others in its class; then arrival;
 - at most `max_batch` jobs per call (1 is the unbatched baseline);
 - a session has at most one queued partial: a newer one replaces it;
 - a partial that waited longer than `partial_max_wait` is dropped, so under
@@ -54,7 +57,16 @@ def pick_batch(queue: list[Pending], max_batch: int, now: float, partial_max_wai
     """Split the queue into (batch to run now, stale partials to drop, the rest)."""
     stale = [p for p in queue if p.job.kind == PARTIAL and now - p.enqueued > partial_max_wait]
     live = sorted((p for p in queue if p not in stale), key=lambda p: p.order)
-    return live[:max_batch], stale, live[max_batch:]
+    turns: dict[tuple, int] = {}  # jobs each session already has ahead in its kind and priority class
+    ranked = []
+    for p in live:
+        turn_key = (p.order[:2], p.key)
+        turn = turns.get(turn_key, 0)
+        turns[turn_key] = turn + 1
+        ranked.append(((p.order[0], p.order[1], turn, p.arrival), p))
+    ranked.sort(key=lambda item: item[0])
+    fair = [p for _, p in ranked]
+    return fair[:max_batch], stale, fair[max_batch:]
 
 
 class SchedulerClosed(Exception):

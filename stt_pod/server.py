@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 class PodServer:
     def __init__(self, settings: PodSettings):
+        settings.validate()
         self.settings = settings
         self.pod_id = settings.pod_id or socket.gethostname()
         self.metrics = PodMetrics()

@@ -61,3 +61,26 @@ class PodSettings:
     drain_timeout_seconds: float = setting(300.0, "on SIGTERM, how long active sessions may continue")
     token_secret: str = setting("", "HMAC secret for resume tokens; default: random per process")
     log_level: str = setting("info", "logging level", choices=("debug", "info", "warning", "error"))
+
+    def validate(self) -> None:
+        """Raise ValueError, naming the flag, when the settings cannot make a working pod."""
+        positive = ("max_sessions", "max_frame_bytes", "max_session_seconds", "max_backlog_seconds", "max_batch",
+                    "max_window_seconds", "beam_size", "final_beam_size", "partial_interval_ms",
+                    "final_silence_ms", "start_timeout_seconds", "idle_timeout_seconds", "encode_bucket_seconds")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
+        not_negative = ("context_seconds", "prompt_tokens", "speech_pad_ms", "min_speech_ms", "encode_pad_seconds",
+                        "batch_window_ms", "partial_max_wait_ms", "resume_grace_seconds", "drain_timeout_seconds",
+                        "max_reorder_frames", "cpu_threads")
+        for name in not_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")
+        if not 0 < self.vad_threshold < 1:
+            raise ValueError(f"--vad-threshold must lie between 0 and 1, not {self.vad_threshold}")
+        window = self.max_window_seconds + self.final_silence_ms / 1000 + 1
+        if self.max_backlog_seconds < window:
+            # An open utterance is undecoded audio until its silence closes it; a smaller backlog would stop
+            # reading from a client whose next decode can only start once more audio arrives.
+            raise ValueError(f"--max-backlog-seconds ({self.max_backlog_seconds:g}) must be at least "
+                             f"--max-window-seconds + the final silence + 1 s ({window:g})")

@@ -171,8 +171,12 @@ class SessionStream:
 
     @property
     def backlog_seconds(self) -> float:
-        """Audio held but not yet final: what a fast sender has queued up."""
-        return (self.total - max(self._buffer_start, self.committed)) / SR
+        """Audio received but not yet final, queued final jobs included: what a fast sender has piled up.
+
+        (Not the audio held: a final job carries a copy of its audio, so the held buffer moves on
+        as soon as a job is handed out, while its decode may still be far down the queue.)
+        """
+        return (self.total - self.committed) / SR
 
     def wants_final(self) -> bool:
         return bool(self._closed)

@@ -71,3 +71,39 @@ async def test_a_client_gone_right_after_start_frees_its_slot(pod_factory, how):
     ws, ready = await open_session(pod.url)  # the slots are free for a real client
     assert ready["type"] == "ready"
     await ws.close()
+
+
+BACKLOG_LIMIT = 8.0
+"""--max-backlog-seconds for the fast-sender test: a few utterances, more than the context a session holds."""
+
+
+async def test_a_fast_sender_is_held_to_its_backlog_limit_queued_finals_included(pod_factory):
+    from websockets.asyncio.client import connect
+
+    from tests.devset import clips
+    from tests.integration.wire import pcm16_frames
+    from voxfleet import protocol as p
+
+    pod = pod_factory("--max-backlog-seconds", str(BACKLOG_LIMIT), "--max-window-seconds", "5")
+    frames = pcm16_frames(clips("en_librivox_sonnet001")[0].path)  # 53 s of read speech, as fast as it goes
+    acks: list[dict] = []
+    async with connect(pod.url, max_size=None) as ws:
+        await ws.send(start())
+        assert json.loads(await ws.recv())["type"] == "ready"
+
+        async def read() -> None:
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] == "ack":
+                    acks.append(message)
+
+        reader = asyncio.create_task(read())
+        for seq, frame in enumerate(frames):
+            await ws.send(p.pack_frame(seq, frame))
+        await ws.send(p.encode(p.END))
+        await asyncio.wait_for(reader, 300)
+    assert acks and acks[-1]["seq"] == len(frames) - 1
+    # Every ack: the audio applied less the audio final is the undecoded backlog; the pod stops reading
+    # past the limit (one frame may land on top, and acks are sampled between frames).
+    worst = max((a["seq"] + 1) * 0.1 - a["committed_seconds"] for a in acks[:-1])
+    assert worst <= BACKLOG_LIMIT + 0.2, (worst, acks)

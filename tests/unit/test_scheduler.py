@@ -64,6 +64,24 @@ def test_max_batch_cuts_and_the_rest_keeps_its_order():
     assert stale == []
 
 
+def test_sessions_take_turns_within_a_class_so_a_backlog_does_not_starve_the_others():
+    greedy = [pending("fast", FINAL, arrival=i) for i in range(6)]  # a fast sender's queued finals
+    queue = greedy + [pending("live-a", FINAL, arrival=6), pending("live-b", FINAL, arrival=7),
+                      pending("live-a", FINAL, arrival=8)]
+    batch, _, rest = pick_batch(queue, max_batch=4, now=0.0, partial_max_wait=10.0)
+    assert names(batch) == ["fast", "live-a", "live-b", "fast"]
+    assert [p.arrival for p in batch] == [0, 6, 7, 1]  # each session's own jobs stay in order
+    assert names(rest) == ["live-a", "fast", "fast", "fast", "fast"]
+
+
+def test_turns_never_override_kind_or_priority():
+    queue = [pending("a", FINAL, "low", arrival=0), pending("a", FINAL, "high", arrival=1),
+             pending("a", FINAL, "high", arrival=2), pending("b", PARTIAL, "high", arrival=3)]
+    batch, _, _ = pick_batch(queue, max_batch=8, now=0.0, partial_max_wait=10.0)
+    assert [(p.key, p.priority, p.job.kind) for p in batch] == [
+        ("a", "high", FINAL), ("a", "high", FINAL), ("a", "low", FINAL), ("b", "high", PARTIAL)]
+
+
 def test_max_batch_one_is_the_unbatched_baseline():
     queue = [pending("p", PARTIAL, "high", arrival=0), pending("f", FINAL, "low", arrival=1)]
     batch, _, rest = pick_batch(queue, max_batch=1, now=0.0, partial_max_wait=10.0)

@@ -181,3 +181,14 @@ def test_every_pod_setting_has_help_and_renders_in_help():
     from dataclasses import fields
 
     assert all(f.metadata.get("help") for f in fields(PodSettings))
+
+
+def test_pod_settings_that_cannot_work_are_refused_naming_the_flag():
+    from stt_pod.settings import PodSettings
+
+    PodSettings().validate()  # the defaults work
+    for bad, flag in [(dict(max_sessions=-1), "--max-sessions"), (dict(beam_size=0), "--beam-size"),
+                      (dict(vad_threshold=1.5), "--vad-threshold"), (dict(context_seconds=-1), "--context-seconds"),
+                      (dict(max_backlog_seconds=10.0), "--max-backlog-seconds")]:
+        with pytest.raises(ValueError, match=flag):
+            PodSettings(**bad).validate()

@@ -435,6 +435,17 @@ def test_backlog_stays_bounded_over_a_long_speech_stream():
     assert max(h.backlog) <= bound
 
 
+def test_queued_final_jobs_count_as_backlog():
+    # A fast sender: five utterances arrive before any decode comes back.
+    h = Harness(no_partials(), answer_kinds=())
+    h.feed(np.concatenate([np.concatenate([tone(1.0), silence(1.0)]) for _ in range(5)]))
+    assert h.kinds() == [FINAL] * 5 and len(h.pending) == 5
+    assert h.stream.backlog_seconds >= 4 * 2.0  # their audio is not final yet, though no longer held
+    for job in list(h.pending):
+        h.answer(job)
+    assert h.stream.backlog_seconds < 1.0
+
+
 def test_long_speech_says_no_word_twice_and_keeps_their_order():
     config = StreamConfig(max_window=3.0, partial_interval=0.7)
     texts = [f"w{i}" for i in range(40)]
