@@ -21,6 +21,10 @@ from bench.common.processes import ServerProcess, free_port
 POD_MODES = {
     "batched": [],  # the pod's default --max-batch 8
     "unbatched": ["--max-batch", "1"],
+    "no-context": ["--context-seconds", "0", "--prompt-tokens", "0"],  # A/B: decoding context off
+    # The first round's decoding: cut encoder input and greedy for finals too, no context, no fallback.
+    "round1": ["--no-full-input-finals", "--context-seconds", "0", "--prompt-tokens", "0",
+               "--no-temperature-fallback", "--vad-threshold", "0.5"],
 }
 WHISPERLIVE_SERVERS = {
     "whisperlive": [],
