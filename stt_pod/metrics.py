@@ -39,7 +39,8 @@ class PodMetrics:
         self.finals = Counter(p + "finals_total", "Final segments sent", registry=r)
         self.partials = Counter(p + "partials_total", "Partial results sent", registry=r)
         self.frames_duplicate = Counter(p + "frames_duplicate_total", "Audio frames dropped as duplicates", registry=r)
-        self.frames_gap = Counter(p + "frames_missing_total", "Audio frames never received (gaps skipped)", registry=r)
+        # Gaps, not frames: one sequence number jumping to 2**32 - 1 would otherwise count four billion.
+        self.frames_gap = Counter(p + "frame_gaps_total", "Gaps in a session's frame sequence, skipped (each gap once, however long)", registry=r)
         self.resumes = Counter(p + "resumes_total", "Sessions resumed after a dropped connection", registry=r)
         self.model_load_seconds = Gauge(p + "model_load_seconds", "Seconds to load and warm the model", registry=r)
         self.ready = Gauge(p + "ready", "1 when the model is warm and the pod admits sessions", registry=r)

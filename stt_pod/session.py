@@ -99,7 +99,7 @@ class Session:
         if ordered.duplicate:
             self._metrics.frames_duplicate.inc()
         for first, last in ordered.skipped:
-            self._metrics.frames_gap.inc(last - first + 1)
+            self._metrics.frames_gap.inc()
             self._post(WarningEvent("gap", f"audio frames {first}..{last} never arrived; skipped", first, last))
         now = time.monotonic()
         for seq, payload in ordered.frames:

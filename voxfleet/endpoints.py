@@ -10,7 +10,7 @@ from __future__ import annotations
 import http
 
 from websockets.datastructures import Headers
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NOT_FOUND = "not found: try /healthz, /readyz, /metrics, /status, or a WebSocket on /\n"
@@ -27,3 +27,14 @@ def ws_urls(server) -> list[str]:
     if server is None:
         return []
     return [f"ws://{host}:{port}" for host, port, *_ in (sock.getsockname() for sock in server.sockets)]
+
+
+def duplicated_header(request: Request, *names: str) -> Response | None:
+    """400 for a request that repeats a header which must appear once (Upgrade, Authorization, ...).
+
+    websockets' `Headers.get` raises on a repeated header: unchecked, that is a 500 and a traceback.
+    """
+    for name in names:
+        if len(request.headers.get_all(name)) > 1:
+            return respond(http.HTTPStatus.BAD_REQUEST, f"bad request: more than one {name} header\n")
+    return None

@@ -24,6 +24,10 @@ MAX_SAMPLE_RATE = 48_000
 MAX_CHANNELS = 8
 MAX_PROMPT_CHARS = 2_000
 """Longest initial prompt a session may give (the model reads at most 223 tokens of it)."""
+MAX_LANGUAGE_CHARS = 16
+"""Longest `language` code: ISO 639 codes and Whisper's language names are shorter."""
+MAX_TOKEN_CHARS = 4_096
+"""Longest resume token: a router's token holds the whole pinning, well under this."""
 
 ENCODINGS = {"pcm16": 2, "float32": 4}
 """Accepted sample encodings (little-endian) and their sample width in bytes."""
@@ -195,6 +199,8 @@ def parse_client_message(text: str | bytes) -> Start | Resume | End:
     kind = obj.get("type")
     if kind == "start":
         language = _require(obj, "language", (str, type(None)), "en")
+        if language is not None and len(language) > MAX_LANGUAGE_CHARS:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'language' is longer than {MAX_LANGUAGE_CHARS} characters")
         priority = _require(obj, "priority", str, "normal")
         if priority not in PRIORITIES:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"priority must be one of {', '.join(PRIORITIES)}")
@@ -209,6 +215,8 @@ def parse_client_message(text: str | bytes) -> Start | Resume | End:
                      previous_text)
     if kind == "resume":
         token = _require(obj, "token", str)
+        if len(token) > MAX_TOKEN_CHARS:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'token' is longer than {MAX_TOKEN_CHARS} characters")
         last_seq = _require(obj, "last_seq", int, -1)
         last_segment_id = _require(obj, "last_segment_id", int, -1)
         return Resume(token, last_seq, last_segment_id)

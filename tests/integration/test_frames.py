@@ -59,4 +59,4 @@ async def test_gap_is_reported_and_skipped(pod_factory):
     assert close_code == CloseCode.NORMAL
     gaps = [m for m in messages if m["type"] == "warning" and m["code"] == "gap"]
     assert [(g["first"], g["last"]) for g in gaps] == [(10, 12)]
-    assert metric(pod, "voxfleet_pod_frames_missing_total") == 3
+    assert metric(pod, "voxfleet_pod_frame_gaps_total") == 1  # one gap of three frames

@@ -107,3 +107,25 @@ async def test_a_fast_sender_is_held_to_its_backlog_limit_queued_finals_included
     # past the limit (one frame may land on top, and acks are sampled between frames).
     worst = max((a["seq"] + 1) * 0.1 - a["committed_seconds"] for a in acks[:-1])
     assert worst <= BACKLOG_LIMIT + 0.2, (worst, acks)
+
+
+async def http_status(port: int, request: str) -> int:
+    """The status code a raw HTTP request gets."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request.encode())
+    line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    return int(line.split()[1])
+
+
+def upgrade_request(port: int, *extra: str) -> str:
+    key = base64.b64encode(os.urandom(16)).decode()
+    headers = [f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+               "Sec-WebSocket-Version: 13", *extra]
+    return "GET / HTTP/1.1\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n"
+
+
+async def test_a_repeated_upgrade_header_is_a_bad_request_not_a_crash(pod):
+    assert await http_status(pod.port, upgrade_request(pod.port, "Upgrade: websocket")) == 400
+    ws, ready = await open_session(pod.url)  # and the pod serves on
+    await ws.close()

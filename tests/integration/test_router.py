@@ -32,7 +32,7 @@ from stt_router.tokens import Pin, RouterTokens, signer_for
 from tests.integration.conftest import ServerProcess, free_port, start_server
 from tests.integration.pod_http import http_get
 from tests.integration.proxy import CuttingProxy
-from tests.integration.test_robustness import active_sessions, leave_behind_start
+from tests.integration.test_robustness import active_sessions, http_status, leave_behind_start, upgrade_request
 from tests.integration.wire import collect, pcm16_frames, start
 from tests.devset import assert_as_accurate_as_offline, clips
 from tests.devset import wer as devset_wer
@@ -431,6 +431,14 @@ async def test_a_client_gone_right_after_start_frees_its_slot_in_the_router_and_
         await asyncio.sleep(0.1)
     assert counted() == (0, 0)
     ws = await hold(router.url)  # placed at once: nothing queues behind ghosts
+    await release(ws)
+
+
+async def test_repeated_headers_are_bad_requests_not_crashes(pod, router_factory):
+    router = router_factory([pod], "--anonymous")
+    for extra in (["Upgrade: websocket"], ["Authorization: Bearer a", "Authorization: Bearer b"]):
+        assert await http_status(router.port, upgrade_request(router.port, *extra)) == 400, extra
+    ws = await hold(router.url)  # and the router serves on
     await release(ws)
 
 

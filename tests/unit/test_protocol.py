@@ -144,6 +144,17 @@ def test_the_error_names_the_field():
     assert "last_seq" in refused(json.dumps({"type": "resume", "token": "t", "last_seq": True})).message
 
 
+@pytest.mark.parametrize("obj", [
+    {"type": "start", "language": "x" * 800_000},
+    {"type": "start", "options": {"prompt": "x" * 2_001}},
+    {"type": "resume", "token": "x" * 100_000},
+])
+def test_every_string_field_is_bounded(obj):
+    err = refused(json.dumps(obj))
+    assert (err.code, err.close_code) == (ErrorCode.BAD_MESSAGE, CloseCode.POLICY)
+    assert "longer than" in err.message
+
+
 @pytest.mark.parametrize("priority", ["urgent", "", "HIGH"])
 def test_unknown_priority_is_a_bad_message(priority):
     err = refused(json.dumps({"type": "start", "priority": priority}))
