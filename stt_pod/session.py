@@ -135,8 +135,11 @@ class Session:
         try:
             self._apply(self.orderer.flush())
             self._feed(self.decoder.flush(), time.monotonic())
-        except ProtocolError as exc:  # held frames were bad: keep what was good
+        except ProtocolError as exc:  # held frames were bad: keep what was good, and say so as for any bad frame
             log.info("session %s: dropping bad held audio at end: %s", self.id, exc.message)
+            self._metrics.refusals.labels(exc.code).inc()
+            if self._end_error is None:
+                self._end_close_code, self._end_error = exc.close_code, exc
         self.stream.finish()
         self.pump()
 

@@ -129,3 +129,16 @@ async def test_a_repeated_upgrade_header_is_a_bad_request_not_a_crash(pod):
     assert await http_status(pod.port, upgrade_request(pod.port, "Upgrade: websocket")) == 400
     ws, ready = await open_session(pod.url)  # and the pod serves on
     await ws.close()
+
+
+async def test_a_bad_frame_held_for_reordering_is_reported_when_end_releases_it(pod):
+    from tests.integration.wire import collect, errors
+    from voxfleet import protocol as p
+
+    ws, _ = await open_session(pod.url, encoding="float32")
+    await ws.send(p.pack_frame(0, struct.pack("<4f", 0.0, 0.1, -0.1, 0.0)))
+    await ws.send(p.pack_frame(2, struct.pack("<4f", 0.0, float("nan"), 0.0, 0.0)))  # held: frame 1 is missing
+    await ws.send(p.encode(p.END))  # releases it
+    messages, code = await collect(ws)
+    assert errors(messages) == ["bad_frame"] and code == 1007, (messages, code)
+    assert messages[-1]["type"] == "end"  # the session still ends in order after the error
