@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str) -
         kind = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
         env = _env_name(env_prefix, f.name)
-        help_text = f"{f.metadata.get('help', '')} [env {env}, default {f.default!r}]"
+        help_text = f"{f.metadata.get('help', '')} [env {env}, default {f.default!r}]".replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

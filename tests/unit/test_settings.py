@@ -192,3 +192,15 @@ def test_pod_settings_that_cannot_work_are_refused_naming_the_flag():
                       (dict(max_backlog_seconds=10.0), "--max-backlog-seconds")]:
         with pytest.raises(ValueError, match=flag):
             PodSettings(**bad).validate()
+
+
+def test_every_subcommand_renders_its_help():
+    import argparse
+
+    from voxfleet.cli import build_parser
+
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert {"pod", "router", "up", "demo", "transcribe"} <= set(sub.choices)
+    for name, command in sub.choices.items():
+        assert command.format_help(), name  # a '%' in any help text raises here
