@@ -3,6 +3,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test || exit 1
+# The e2e tier's control plane, built from Go modules once per machine (cached; a warm run takes a
+# second), when the run includes that tier: all tests, or a path naming tests/e2e.
+if [[ -z "${VOXFLEET_K8S_BIN:-}" ]] && { [[ $# -eq 0 ]] || [[ "$*" == *e2e* ]]; }; then
+  VOXFLEET_K8S_BIN="$(bash scripts/k8s/build.sh)" || exit 1   # progress on stderr; ~20 min the first time
+  export VOXFLEET_K8S_BIN
+fi
 .venv/bin/python -m pytest -q -ra "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then
