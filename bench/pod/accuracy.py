@@ -70,9 +70,11 @@ def split_overrides(overrides: dict) -> tuple[dict, dict]:
             {k: v for k, v in overrides.items() if k in engine_fields})
 
 
-def stream_group(engine: WhisperEngine, config: StreamConfig, group: list[Clip], max_batch: int) -> list[str]:
-    """Stream the clips of `group` side by side; their transcripts (finals joined)."""
-    audio = [sf.read(str(c.path), dtype="float32")[0] for c in group]
+def stream_group(engine: WhisperEngine, config: StreamConfig, group: list[Clip], max_batch: int,
+                 shift: float = 0.0) -> list[str]:
+    """Stream the clips of `group` side by side, each after `shift` s of silence; their transcripts (finals joined)."""
+    lead = np.zeros(int(shift * SR), dtype=np.float32)
+    audio = [np.concatenate([lead, sf.read(str(c.path), dtype="float32")[0]]) for c in group]
     streams = [SessionStream(config, StreamingVad().feed) for _ in group]
     texts: list[list[str]] = [[] for _ in group]
     step = int(FRAME_SECONDS * SR)
@@ -99,7 +101,7 @@ def stream_group(engine: WhisperEngine, config: StreamConfig, group: list[Clip],
 
 
 def run_variant(engine_cache: dict, name: str, overrides: dict, selected: list[Clip], concurrent: int,
-                max_batch: int) -> dict:
+                max_batch: int, shifts: list[float]) -> dict:
     stream_over, engine_over = split_overrides(overrides)
     engine_config = dataclasses.replace(EngineConfig(), **engine_over)
     if engine_config not in engine_cache:
@@ -108,11 +110,12 @@ def run_variant(engine_cache: dict, name: str, overrides: dict, selected: list[C
     engine = engine_cache[engine_config]
     config = dataclasses.replace(StreamConfig(), **stream_over)
     started = time.monotonic()
-    hyps: list[str] = []
-    for k in range(0, len(selected), concurrent):
-        hyps += stream_group(engine, config, selected[k : k + concurrent], max_batch)
+    hyps: list[str] = []  # every clip once per shift, shift by shift
+    for shift in shifts:
+        for k in range(0, len(selected), concurrent):
+            hyps += stream_group(engine, config, selected[k : k + concurrent], max_batch, shift)
     return {"variant": name, "concurrent": concurrent, "hypotheses": hyps,
-            "wer": pooled_wer([c.text for c in selected], hyps), "seconds": time.monotonic() - started}
+            "wer": pooled_wer([c.text for c in selected] * len(shifts), hyps), "seconds": time.monotonic() - started}
 
 
 def main() -> None:
@@ -121,6 +124,10 @@ def main() -> None:
     ap.add_argument("--concurrent", default="1,8", help="streams side by side, a comma-separated list")
     ap.add_argument("--variants", default="default", help="';'-separated settings to compare")
     ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--shifts", default="0",
+                    help="seconds of silence before each clip, comma-separated: every clip is streamed once per "
+                         "shift, so windows fall in other places and the WER is less one boundary's luck "
+                         "(e.g. 0,0.13,0.29)")
     ap.add_argument("--show", action="store_true", help="print each clip's transcripts")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--docs", action="store_true", help="write the table into docs/benchmarks.md")
@@ -129,6 +136,7 @@ def main() -> None:
     command = shlex.join(["python", "bench/pod/accuracy.py", *sys.argv[1:]])
 
     selected = clips(*[n for n in args.clips.split(",") if n])
+    shifts = [float(x) for x in args.shifts.split(",")]
     refs = [c.text for c in selected]
     words = sum(c.words for c in selected)
     print(f"{len(selected)} clips, {sum(c.seconds for c in selected):.0f} s, {words} words", file=sys.stderr)
@@ -143,14 +151,14 @@ def main() -> None:
     for spec in args.variants.split(";"):
         name, overrides = parse_variant(spec)
         for n in [int(x) for x in args.concurrent.split(",")]:
-            r = run_variant(cache, name, overrides, selected, n, args.max_batch)
+            r = run_variant(cache, name, overrides, selected, n, args.max_batch, shifts)
             results.append(r)
             print(f"{name:40s} N={n:<3d} WER {r['wer']:.4f} (offline {offline_wer:.4f}, "
                   f"{100 * (r['wer'] - offline_wer):+.1f} points) {r['seconds']:.0f} s", file=sys.stderr)
             if args.show:
-                for c, h, o in zip(selected, r["hypotheses"], offline):
+                for c, h, o in zip(selected * len(shifts), r["hypotheses"], offline * len(shifts)):
                     print(f"  {c.name}\n    REF {c.text}\n    OFF {o}\n    STR {h}", file=sys.stderr)
-    summary = {"clips": [c.name for c in selected], "seconds": sum(c.seconds for c in selected), "words": words,
+    summary = {"clips": [c.name for c in selected], "shifts": shifts, "seconds": sum(c.seconds for c in selected), "words": words,
                "offline_wer": offline_wer, "offline": offline, "results": results, "command": command,
                "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "git": git_state(),
                "machine": machine_info()}
@@ -200,7 +208,9 @@ def write_docs(summary: dict, plot_path: Path | None) -> None:
         f"previous text), WER {100 * summary['offline_wer']:.1f} %",
         "- Streaming: the pod's `SessionStream` and `WhisperEngine` in one process, 100 ms frames, every job decoded "
         "before the next frame (an unloaded pod: no wall clock, so the WER does not depend on the machine's load; "
-        "speed is measured by bench/pod/run.py); N clips side by side share batches",
+        "speed is measured by bench/pod/run.py); N clips side by side share batches; each clip streamed after "
+        f"{', '.join(f'{x:g}' for x in summary['shifts'])} s of silence (where windows fall changes words: the "
+        "shifts average that luck out)",
         f"- Machine: {m['nproc']} x {m['cpu_model']}; date {summary['date']}; git {summary['git'].get('commit', '?')[:12]}",
         f"- Command: `{summary['command']}`",
         "",
