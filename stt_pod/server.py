@@ -31,7 +31,7 @@ from stt_pod.settings import PodSettings
 from stt_pod.stream import SessionStream, StreamConfig
 from stt_pod.vad import StreamingVad
 from voxfleet import protocol as p
-from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, duplicated_header, respond, ws_urls
+from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, refuse_malformed, respond, ws_urls
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
 from voxfleet.tokens import InvalidToken, TokenSigner
 
@@ -257,7 +257,7 @@ class PodServer:
         }
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        refused = duplicated_header(request, "Upgrade")
+        refused = refuse_malformed(request, "Upgrade")
         if refused is not None:
             return refused
         if request.headers.get("Upgrade", "").lower() == "websocket":

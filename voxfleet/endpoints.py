@@ -29,12 +29,19 @@ def ws_urls(server) -> list[str]:
     return [f"ws://{host}:{port}" for host, port, *_ in (sock.getsockname() for sock in server.sockets)]
 
 
-def duplicated_header(request: Request, *names: str) -> Response | None:
-    """400 for a request that repeats a header which must appear once (Upgrade, Authorization, ...).
+def refuse_malformed(request: Request, *single: str) -> Response | None:
+    """An answer for a request no endpoint here takes, else None.
 
-    websockets' `Headers.get` raises on a repeated header: unchecked, that is a 500 and a traceback.
+    405 for a method other than GET or HEAD: every endpoint here only reads.
+    400 for a repeated header that must appear once (`single`: Upgrade,
+    Authorization, ...): websockets' `Headers.get` raises on one, and
+    unchecked that is a 500 and a traceback.
     """
-    for name in names:
+    if request.method not in ("GET", "HEAD"):
+        response = respond(http.HTTPStatus.METHOD_NOT_ALLOWED, f"method {request.method} not allowed: GET only\n")
+        response.headers["Allow"] = "GET, HEAD"
+        return response
+    for name in single:
         if len(request.headers.get_all(name)) > 1:
             return respond(http.HTTPStatus.BAD_REQUEST, f"bad request: more than one {name} header\n")
     return None

@@ -47,7 +47,7 @@ from stt_router.settings import RouterSettings
 from stt_router.splice import PodConnection, RouterServerConnection
 from stt_router.tokens import InvalidToken, Pin, RouterTokens, signer_for
 from voxfleet import protocol as p
-from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, duplicated_header, respond, ws_urls
+from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, refuse_malformed, respond, ws_urls
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -548,7 +548,7 @@ class RouterServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?")[0]
-        refused = duplicated_header(request, "Upgrade", "Authorization", "X-API-Key")
+        refused = refuse_malformed(request, "Upgrade", "Authorization", "X-API-Key")
         if refused is not None:
             return refused
         if request.headers.get("Upgrade", "").lower() == "websocket":

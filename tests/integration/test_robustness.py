@@ -125,8 +125,15 @@ def upgrade_request(port: int, *extra: str) -> str:
     return "GET / HTTP/1.1\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n"
 
 
-async def test_a_repeated_upgrade_header_is_a_bad_request_not_a_crash(pod):
+def plain_request(port: int, method: str, path: str) -> str:
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
+
+
+async def test_a_repeated_upgrade_header_or_a_write_method_is_refused_not_a_crash(pod):
     assert await http_status(pod.port, upgrade_request(pod.port, "Upgrade: websocket")) == 400
+    for method in ("POST", "DELETE", "PUT"):
+        assert await http_status(pod.port, plain_request(pod.port, method, "/status")) == 405, method
+    assert await http_status(pod.port, plain_request(pod.port, "HEAD", "/healthz")) == 200
     ws, ready = await open_session(pod.url)  # and the pod serves on
     await ws.close()
 

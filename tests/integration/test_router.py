@@ -32,7 +32,8 @@ from stt_router.tokens import Pin, RouterTokens, signer_for
 from tests.integration.conftest import ServerProcess, free_port, start_server
 from tests.integration.pod_http import http_get
 from tests.integration.proxy import CuttingProxy
-from tests.integration.test_robustness import active_sessions, http_status, leave_behind_start, upgrade_request
+from tests.integration.test_robustness import (active_sessions, http_status, leave_behind_start, plain_request,
+                                                upgrade_request)
 from tests.integration.wire import collect, pcm16_frames, start
 from tests.devset import assert_as_accurate_as_offline, clips
 from tests.devset import wer as devset_wer
@@ -445,6 +446,7 @@ async def test_repeated_headers_are_bad_requests_not_crashes(pod, router_factory
     router = router_factory([pod], "--anonymous")
     for extra in (["Upgrade: websocket"], ["Authorization: Bearer a", "Authorization: Bearer b"]):
         assert await http_status(router.port, upgrade_request(router.port, *extra)) == 400, extra
+    assert await http_status(router.port, plain_request(router.port, "POST", "/status")) == 405
     ws = await hold(router.url)  # and the router serves on
     await release(ws)
 

@@ -24,6 +24,7 @@ class _Request:
         from websockets.datastructures import Headers
 
         self.path = path
+        self.method = "GET"
         self.headers = Headers()
 
 
