@@ -149,3 +149,115 @@ async def test_a_bad_frame_held_for_reordering_is_reported_when_end_releases_it(
     messages, code = await collect(ws)
     assert errors(messages) == ["bad_frame"] and code == 1007, (messages, code)
     assert messages[-1]["type"] == "end"  # the session still ends in order after the error
+
+
+# --- a bounded fuzz beside a healthy session ------------------------------------------------
+
+FUZZ_CASES = 240
+"""Malformed sessions per run (seeded: the same inputs every run), 8 at a time."""
+DOCUMENTED_CLOSES = {1000, 1002, 1003, 1007, 1008, 1009, 1013}
+"""docs/protocol.md: what bad input may get. Never 1011 (the pod failed) or a dropped connection."""
+FUZZ_MAX_FRAME = 65536
+
+
+def fuzz_case(rng) -> list[str | bytes]:
+    """The messages of one malformed session, from a seeded generator, ending with `end` (a junk value
+    that happens to be valid, such as language None, opens a real session, which must end too)."""
+    from voxfleet import protocol as p
+
+    return _fuzz_messages(rng) + [p.encode(p.END)]
+
+
+def _fuzz_messages(rng) -> list[str | bytes]:
+    import random as _random
+
+    assert isinstance(rng, _random.Random)
+    from voxfleet import protocol as p
+
+    def junk_value():
+        return rng.choice([None, True, -1, 0, 2**63, 1.5, float("1e308"), "", "x" * rng.randint(1, 3000), [], {},
+                           [1, 2], {"a": {"b": [None]}}, "16000", "\u0000", "pcm16\u202e"])
+
+    good = {"type": "start", "sample_rate": 16000, "encoding": "pcm16", "channels": 1}
+    kind = rng.randrange(8)
+    if kind == 0:  # random bytes first
+        return [rng.randbytes(rng.randint(0, 64))]
+    if kind == 1:  # random text first
+        return [rng.randbytes(rng.randint(1, 64)).decode("latin-1")]
+    if kind == 2:  # a start with one field of a wrong kind or out of range
+        bad = dict(good)
+        bad[rng.choice(["type", "sample_rate", "encoding", "channels", "language", "priority", "options"])] = junk_value()
+        return [json.dumps(bad)]
+    if kind == 3:  # options of the wrong kinds
+        return [json.dumps({**good, "options": {rng.choice(["partials", "prompt", "word_timestamps", "previous_text"]):
+                                                junk_value()}})]
+    if kind == 4:  # a resume with a junk token or counters
+        return [json.dumps({"type": "resume", "token": rng.choice(["", "a.b", "x" * 5000, "..", "\u00e9.\u00e9"]),
+                            "last_seq": junk_value()})]
+    messages: list[str | bytes] = [json.dumps(good)]
+    if kind == 5:  # frames with random headers and lengths, some odd (not whole samples)
+        for _ in range(rng.randint(1, 6)):
+            messages.append(p.pack_frame(rng.choice([0, 1, 7, 2**31, 2**32 - 1]), rng.randbytes(rng.randint(0, 801))))
+    elif kind == 6:  # text mid-stream that is not a message
+        messages += [p.pack_frame(0, bytes(3200)), rng.choice(["{", "[]", json.dumps({"type": "start"}),
+                                                               json.dumps({"type": "hello"}), "null"])]
+    else:  # a frame over the size limit
+        messages.append(p.pack_frame(0, bytes(FUZZ_MAX_FRAME + 2)))
+    return messages
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def test_a_bounded_fuzz_beside_a_healthy_session_gets_documented_closes_and_disturbs_nothing(pod_factory):
+    import random
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from tests.devset import assert_as_accurate_as_offline, clips
+    from tests.integration.wire import collect
+    from voxfleet.client import transcribe
+
+    pod = pod_factory("--max-frame-bytes", str(FUZZ_MAX_FRAME), "--max-sessions", "12", "--start-timeout-seconds", "2")
+    [clip] = clips("en_jfk_ask_not")
+    warm = [r async for r in transcribe(pod.url, clip.path) if r.final]  # the pod's lazily made threads and files
+    assert warm
+    fds_before = open_fds(pod.process.pid)
+    healthy = asyncio.create_task(_finals(transcribe(pod.url, clip.path, realtime=True)))
+    rng = random.Random(20261207)
+    cases = [fuzz_case(rng) for _ in range(FUZZ_CASES)]
+    gate = asyncio.Semaphore(8)
+    closes: list[int | None] = []
+
+    async def run(messages):
+        async with gate:
+            async with connect(pod.url, max_size=None) as ws:
+                try:
+                    for message in messages:
+                        await ws.send(message)
+                except ConnectionClosed:
+                    pass
+                _, code = await collect(ws, 30)
+                closes.append(code)
+
+    await asyncio.gather(*(run(c) for c in cases))
+    finals = await healthy
+    assert len(closes) == FUZZ_CASES
+    assert set(closes) <= DOCUMENTED_CLOSES, sorted(set(closes) - DOCUMENTED_CLOSES)
+    # The healthy session: every final in order, as accurate as offline decoding of the same recording.
+    assert [r.segment_id for r in finals] == list(range(len(finals)))
+    assert_as_accurate_as_offline((clip.name,), " ".join(r.text for r in finals))
+    # The pod: alive, every session released, its file descriptors back to their level, no traceback.
+    for _ in range(300):
+        if active_sessions(pod) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert active_sessions(pod) == 0
+    assert open_fds(pod.process.pid) <= fds_before + 2
+    assert "Traceback" not in pod.log_text()
+
+
+async def _finals(results):
+    return [r async for r in results if r.final]
