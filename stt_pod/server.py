@@ -37,6 +37,11 @@ from voxfleet.tokens import InvalidToken, TokenSigner
 
 log = logging.getLogger(__name__)
 
+FLUSH_SECONDS = 60.0
+"""After a drain (or a second stop signal), how long connected clients get to receive their last finals
+and close. Sessions without a client are released at once; with the leak of sessions that never got
+`ready` fixed, nothing waits here for ghosts."""
+
 
 class PodServer:
     def __init__(self, settings: PodSettings):
@@ -118,7 +123,7 @@ class PodServer:
     async def _close_all(self) -> None:
         for session in list(self.sessions.values()):
             session.finish(CloseCode.GOING_AWAY)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + FLUSH_SECONDS
         while self.sessions and time.monotonic() < deadline:
             for session in list(self.sessions.values()):
                 if session.ended and not session.connected:
