@@ -261,3 +261,38 @@ async def test_a_bounded_fuzz_beside_a_healthy_session_gets_documented_closes_an
 
 async def _finals(results):
     return [r async for r in results if r.final]
+
+
+IDLE_CONNECTIONS = 2000
+
+
+async def test_two_thousand_idle_connections_are_shed_and_disturb_nothing(pod_factory):
+    from tests.devset import assert_as_accurate_as_offline, clips
+    from voxfleet.client import transcribe
+
+    pod = pod_factory("--start-timeout-seconds", "3")
+    [clip] = clips("en_jfk_ask_not")
+    assert [r async for r in transcribe(pod.url, clip.path) if r.final]  # warm: lazily made threads and files
+    fds_before = open_fds(pod.process.pid)
+    idle = [await raw_open(pod.port) for _ in range(IDLE_CONNECTIONS)]  # handshakes done, no `start`
+    finals = [r async for r in transcribe(pod.url, clip.path) if r.final]  # served beside them
+    assert_as_accurate_as_offline((clip.name,), " ".join(r.text for r in finals))
+
+    async def shed(reader: asyncio.StreamReader) -> bool:
+        """The pod closed it (start_timeout, 1008): the stream ends."""
+        try:
+            while await asyncio.wait_for(reader.read(4096), 60):
+                pass
+        except ConnectionError:
+            pass
+        return True
+
+    assert all(await asyncio.gather(*(shed(reader) for reader, _ in idle)))
+    for _, writer in idle:
+        writer.close()
+    for _ in range(300):
+        if open_fds(pod.process.pid) <= fds_before + 2:
+            break
+        await asyncio.sleep(0.1)
+    assert open_fds(pod.process.pid) <= fds_before + 2
+    assert "Traceback" not in pod.log_text()
