@@ -296,3 +296,26 @@ async def test_two_thousand_idle_connections_are_shed_and_disturb_nothing(pod_fa
         await asyncio.sleep(0.1)
     assert open_fds(pod.process.pid) <= fds_before + 2
     assert "Traceback" not in pod.log_text()
+
+
+async def test_a_handshake_that_trickles_in_is_cut_off(pod):
+    """Slowloris: a header line every 5 s; websockets' open timeout (10 s) closes the handshake."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", pod.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    closed = False
+    for i in range(120):  # up to 60 s of trickling
+        writer.write(b"X-Slow: %d\r\n" % i if i % 10 == 0 else b"")
+        try:
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(4096), 0.5)
+        except asyncio.TimeoutError:
+            continue
+        except ConnectionError:
+            data = b""
+        if not data or data.startswith(b"HTTP/1.1 4") or data.startswith(b"HTTP/1.1 5"):
+            closed = True
+            break
+    writer.close()
+    assert closed, "the pod kept a handshake open for 60 s"
+    ws, _ = await open_session(pod.url)  # and it serves on
+    await ws.close()
