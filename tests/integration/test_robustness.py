@@ -319,3 +319,33 @@ async def test_a_handshake_that_trickles_in_is_cut_off(pod):
     assert closed, "the pod kept a handshake open for 60 s"
     ws, _ = await open_session(pod.url)  # and it serves on
     await ws.close()
+
+
+async def test_a_client_that_never_reads_disturbs_nobody_and_is_released(pod_factory):
+    from tests.devset import assert_as_accurate_as_offline, clips
+    from tests.integration.wire import pcm16_frames
+    from voxfleet import protocol as p
+    from voxfleet.client import transcribe
+
+    pod = pod_factory("--resume-grace-seconds", "1")
+    [long_clip] = clips("en_librivox_sonnet001")
+    stubborn = []
+    for _ in range(3):  # each sends a whole recording and reads nothing back, ever
+        reader, writer = await raw_open(pod.port)
+        writer.write(frame(0x1, start().encode()))
+        for seq, audio in enumerate(pcm16_frames(long_clip.path)):
+            payload = p.pack_frame(seq, audio)
+            writer.write(struct.pack("!BBH", 0x82, 0xFE, len(payload)) + b"\0\0\0\0" + payload)
+        writer.write(frame(0x1, p.encode(p.END).encode()))
+        stubborn.append(writer)
+    [clip] = clips("en_jfk_ask_not")
+    finals = [r async for r in transcribe(pod.url, clip.path, realtime=True) if r.final]
+    assert [r.segment_id for r in finals] == list(range(len(finals)))
+    assert_as_accurate_as_offline((clip.name,), " ".join(r.text for r in finals))
+    for writer in stubborn:
+        writer.transport.abort()
+    for _ in range(600):  # their sessions finish decoding and are released; 60 s is a bound, not a timing
+        if active_sessions(pod) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert active_sessions(pod) == 0
