@@ -178,8 +178,8 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     results = summary["results"]
-    labels = [f"{r['variant']}\nN={r['concurrent']}" for r in results]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(results)), 4.2))
+    labels = [f"{r['variant'].replace(',', chr(10))}\nN={r['concurrent']}" for r in results]  # a setting a line
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(results)), 4.6))
     ax.bar(range(len(results)), [100 * r["wer"] for r in results], color="#4c78a8", label="streaming")
     ax.axhline(100 * summary["offline_wer"], color="#e45756", label="offline, same files")
     ax.axhline(100 * summary["offline_wer"] + 1, color="#e45756", ls="--", lw=1, label="target: offline + 1 point")
