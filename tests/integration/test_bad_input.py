@@ -12,8 +12,9 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.devset import assert_file_as_accurate_as_offline
 from tests.integration.wire import collect, errors, finals_text, open_session, pcm16_frames, start
-from tests.speech import SENTENCES, conversation, speak, wer, words
+from tests.speech import SENTENCES, conversation, speak, words
 from voxfleet import protocol as p
 from voxfleet.client import transcribe
 from voxfleet.protocol import CloseCode, ErrorCode
@@ -38,14 +39,15 @@ async def mid_stream_case(url: str, bad) -> tuple[list[dict], int | None]:
 
 async def healthy(url: str):
     sentences = SENTENCES[20:22]
-    results = [r async for r in transcribe(url, conversation(sentences, "en-gb"), realtime=True)]
-    return sentences, results
+    path = conversation(sentences, "en-gb")
+    results = [r async for r in transcribe(url, path, realtime=True)]
+    return path, sentences, results
 
 
-def assert_healthy(sentences, results):
+def assert_healthy(path, sentences, results):
     finals = [r for r in results if r.final]
     assert [r.segment_id for r in finals] == list(range(len(finals)))
-    assert wer(" ".join(sentences), " ".join(r.text for r in finals)) <= 0.35
+    assert_file_as_accurate_as_offline(path, " ".join(sentences), " ".join(r.text for r in finals))
 
 
 @pytest.fixture
@@ -89,7 +91,7 @@ async def test_bad_input_mid_stream_still_flushes_accepted_audio(small_frames_po
         messages, close_code = await mid_stream_case(url, bad)
         assert errors(messages) == [code], (bad, messages)
         assert close_code == close
-        assert wer(SENTENCES[0], finals_text(messages)) <= 0.35, ("accepted audio lost", bad, messages)
+        assert_file_as_accurate_as_offline(speak(SENTENCES[0]), SENTENCES[0], finals_text(messages))  # none lost
         assert messages[-1]["type"] == "end"
     assert_healthy(*await healthy_task)
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from tests.devset import assert_file_as_accurate_as_offline
 from tests.integration.wire import open_session
-from tests.speech import SENTENCES, conversation, wer
+from tests.speech import SENTENCES, conversation
 from voxfleet.cli import bundled_sample
 
 pytestmark = pytest.mark.integration
@@ -20,9 +21,10 @@ def voxfleet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_transcribe_prints_the_transcript(pod):
     sentences = SENTENCES[22:24]
-    done = voxfleet("transcribe", pod.url, str(conversation(sentences)))
+    path = conversation(sentences)
+    done = voxfleet("transcribe", pod.url, str(path))
     assert done.returncode == 0, done.stderr
-    assert wer(" ".join(sentences), done.stdout) <= 0.3, done.stdout
+    assert_file_as_accurate_as_offline(path, " ".join(sentences), done.stdout)
 
 
 def test_transcribe_shows_partials_on_stderr_with_realtime(pod):

@@ -8,12 +8,12 @@ import signal
 
 import pytest
 
-from tests.devset import assert_as_accurate_as_offline, clips
+from tests.devset import assert_as_accurate_as_offline, assert_file_as_accurate_as_offline, clips
 from tests.devset import wer as devset_wer
 from tests.integration.pod_http import http_get, metric
 from tests.integration.proxy import CuttingProxy
 from tests.integration.wire import collect, errors, finals_text, open_session, pcm16_frames
-from tests.speech import SENTENCES, conversation, wer, words
+from tests.speech import SENTENCES, conversation, words
 from voxfleet import protocol as p
 from voxfleet.client import TranscriptionError, transcribe
 from voxfleet.protocol import CloseCode, ErrorCode
@@ -109,7 +109,7 @@ async def test_sigterm_drains_active_sessions_then_exits_zero(pod_factory):
         await _transcribe_all(pod.url, conversation(SENTENCES[13:14]))
     assert refused.value.code == ErrorCode.DRAINING and refused.value.close_code == CloseCode.TRY_AGAIN_LATER
     finals = await session
-    assert wer(" ".join(sentences), " ".join(r.text for r in finals)) <= 0.3
+    assert_file_as_accurate_as_offline(conversation(sentences), " ".join(sentences), " ".join(r.text for r in finals))
     assert await asyncio.to_thread(pod.process.wait, 60) == 0
 
 
