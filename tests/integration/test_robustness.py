@@ -6,13 +6,19 @@ import asyncio
 import base64
 import json
 import os
+import random
 import socket
 import struct
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from tests.devset import assert_as_accurate_as_offline, clips
 from tests.integration.pod_http import http_get
-from tests.integration.wire import open_session, start
+from tests.integration.wire import collect, errors, open_session, pcm16_frames, start
+from voxfleet import protocol as p
+from voxfleet.client import transcribe
 
 pytestmark = pytest.mark.integration
 
@@ -21,17 +27,18 @@ DROPPED = 4
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
-    """One client frame (masked with a zero key, which leaves the payload as it is)."""
-    assert len(payload) < 126
-    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + b"\0\0\0\0" + payload
+    """One client frame (masked with a zero key, which leaves the payload as it is), up to 64 KiB."""
+    if len(payload) < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload))
+    else:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, len(payload))
+    return header + b"\0\0\0\0" + payload
 
 
 async def raw_open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A WebSocket connection made by hand, so what follows the handshake is exactly what the test writes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    writer.write(upgrade_request(port).encode())
     response = await reader.readuntil(b"\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 101"), response
     return reader, writer
@@ -78,12 +85,6 @@ BACKLOG_LIMIT = 8.0
 
 
 async def test_a_fast_sender_is_held_to_its_backlog_limit_queued_finals_included(pod_factory):
-    from websockets.asyncio.client import connect
-
-    from tests.devset import clips
-    from tests.integration.wire import pcm16_frames
-    from voxfleet import protocol as p
-
     pod = pod_factory("--max-backlog-seconds", str(BACKLOG_LIMIT), "--max-window-seconds", "5")
     frames = pcm16_frames(clips("en_librivox_sonnet001")[0].path)  # 53 s of read speech, as fast as it goes
     acks: list[dict] = []
@@ -139,9 +140,6 @@ async def test_a_repeated_upgrade_header_or_a_write_method_is_refused_not_a_cras
 
 
 async def test_a_bad_frame_held_for_reordering_is_reported_when_end_releases_it(pod):
-    from tests.integration.wire import collect, errors
-    from voxfleet import protocol as p
-
     ws, _ = await open_session(pod.url, encoding="float32")
     await ws.send(p.pack_frame(0, struct.pack("<4f", 0.0, 0.1, -0.1, 0.0)))
     await ws.send(p.pack_frame(2, struct.pack("<4f", 0.0, float("nan"), 0.0, 0.0)))  # held: frame 1 is missing
@@ -163,17 +161,10 @@ FUZZ_MAX_FRAME = 65536
 def fuzz_case(rng) -> list[str | bytes]:
     """The messages of one malformed session, from a seeded generator, ending with `end` (a junk value
     that happens to be valid, such as language None, opens a real session, which must end too)."""
-    from voxfleet import protocol as p
-
     return _fuzz_messages(rng) + [p.encode(p.END)]
 
 
 def _fuzz_messages(rng) -> list[str | bytes]:
-    import random as _random
-
-    assert isinstance(rng, _random.Random)
-    from voxfleet import protocol as p
-
     def junk_value():
         return rng.choice([None, True, -1, 0, 2**63, 1.5, float("1e308"), "", "x" * rng.randint(1, 3000), [], {},
                            [1, 2], {"a": {"b": [None]}}, "16000", "\u0000", "pcm16\u202e"])
@@ -211,15 +202,6 @@ def open_fds(pid: int) -> int:
 
 
 async def test_a_bounded_fuzz_beside_a_healthy_session_gets_documented_closes_and_disturbs_nothing(pod_factory):
-    import random
-
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
-
-    from tests.devset import assert_as_accurate_as_offline, clips
-    from tests.integration.wire import collect
-    from voxfleet.client import transcribe
-
     pod = pod_factory("--max-frame-bytes", str(FUZZ_MAX_FRAME), "--max-sessions", "12", "--start-timeout-seconds", "2")
     [clip] = clips("en_jfk_ask_not")
     warm = [r async for r in transcribe(pod.url, clip.path) if r.final]  # the pod's lazily made threads and files
@@ -267,9 +249,6 @@ IDLE_CONNECTIONS = 2000
 
 
 async def test_two_thousand_idle_connections_are_shed_and_disturb_nothing(pod_factory):
-    from tests.devset import assert_as_accurate_as_offline, clips
-    from voxfleet.client import transcribe
-
     pod = pod_factory("--start-timeout-seconds", "3")
     [clip] = clips("en_jfk_ask_not")
     assert [r async for r in transcribe(pod.url, clip.path) if r.final]  # warm: lazily made threads and files
@@ -322,11 +301,6 @@ async def test_a_handshake_that_trickles_in_is_cut_off(pod):
 
 
 async def test_a_client_that_never_reads_disturbs_nobody_and_is_released(pod_factory):
-    from tests.devset import assert_as_accurate_as_offline, clips
-    from tests.integration.wire import pcm16_frames
-    from voxfleet import protocol as p
-    from voxfleet.client import transcribe
-
     pod = pod_factory("--resume-grace-seconds", "1")
     [long_clip] = clips("en_librivox_sonnet001")
     stubborn = []
@@ -334,8 +308,7 @@ async def test_a_client_that_never_reads_disturbs_nobody_and_is_released(pod_fac
         reader, writer = await raw_open(pod.port)
         writer.write(frame(0x1, start().encode()))
         for seq, audio in enumerate(pcm16_frames(long_clip.path)):
-            payload = p.pack_frame(seq, audio)
-            writer.write(struct.pack("!BBH", 0x82, 0xFE, len(payload)) + b"\0\0\0\0" + payload)
+            writer.write(frame(0x2, p.pack_frame(seq, audio)))
         writer.write(frame(0x1, p.encode(p.END).encode()))
         stubborn.append(writer)
     [clip] = clips("en_jfk_ask_not")
