@@ -77,6 +77,33 @@ def resolve_model(model: str) -> str:
     return model
 
 
+class ModelNotFound(ValueError):
+    """The model setting names nothing on this machine (nothing is downloaded at run time)."""
+
+
+def locate_model(model: str) -> str:
+    """The model's local path, or ModelNotFound saying what is installed and how to add a model.
+
+    Checked before a pod binds its port, so a typo is one clear line, not a
+    traceback from a model-loading thread.
+    """
+    path = resolve_model(model)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "model.bin")):
+            raise ModelNotFound(f"{model} is a directory but not a converted faster-whisper model (no model.bin)")
+        return path
+    from faster_whisper.utils import download_model
+
+    try:
+        return download_model(path, local_files_only=True)
+    except Exception:  # huggingface_hub's errors for "not in the local cache" vary by version
+        raise ModelNotFound(
+            f"model {model!r} is not installed here. Installed: {DEFAULT_MODEL} (bundled). Give --model the path of a "
+            f"converted faster-whisper model directory (ct2-transformers-converter output, with model.bin), or the "
+            f"name of a model in the local Hugging Face cache; nothing is downloaded at run time"
+        ) from None
+
+
 class Window(Protocol):
     """What the engine decodes: audio, the session's own prompt, and the text said before the audio."""
 
@@ -84,8 +111,8 @@ class Window(Protocol):
     prompt: str  # the session's initial prompt / hotwords: kept whole
     previous: str  # recent final text before the audio: trimmed from the left to fit
     prefix: str  # final text inside the audio: forced as the transcript's start, not returned
-    full_input: bool  # a final's decode: Whisper's whole 30 s input and `final_beam_size` (accurate), not the
-    #                   audio plus a pad, greedy (cheap)
+    final: bool  # decoded with `final_beam_size`, not the partials' `beam_size`
+    full_input: bool  # encoded with Whisper's whole 30 s input (accurate), not the audio plus a pad (cheap)
 
 
 @dataclass(frozen=True)
@@ -96,6 +123,7 @@ class Plain:
     prompt: str = ""
     previous: str = ""
     prefix: str = ""
+    final: bool = False
     full_input: bool = False
 
 
@@ -190,16 +218,17 @@ class WhisperEngine:
         if not windows:
             return []
         tokens = [self.prompt_tokens(w) for w in windows]
-        groups: dict[tuple[bool, int], list[int]] = {}
+        groups: dict[tuple[bool, bool, int], list[int]] = {}
         for i, (own, previous) in enumerate(tokens):
             length = prompt_group(len(own) + len(previous), MAX_PROMPT_TOKENS)
-            groups.setdefault((windows[i].full_input, length), []).append(i)
+            groups.setdefault((windows[i].final, windows[i].full_input, length), []).append(i)
         out: list[list[Word]] = [[] for _ in windows]
-        for (full_input, length), members in groups.items():
+        for (final, full_input, length), members in groups.items():
             prompts = [fit_prompt(*tokens[i], length) for i in members]
             prefixes = [self._encode_text(windows[i].prefix) for i in members]
             audio = [windows[i].audio for i in members]
-            for i, words in zip(members, self._decode_group(audio, prompts, prefixes, full_input)):
+            beam = self.config.final_beam_size if final else self.config.beam_size
+            for i, words in zip(members, self._decode_group(audio, prompts, prefixes, full_input, beam)):
                 out[i] = words
         return out
 
@@ -210,11 +239,10 @@ class WhisperEngine:
         return ([self.tokenizer.sot_prev] + text_tokens if text_tokens else []) + self._suffix
 
     def _decode_group(self, audio: list[np.ndarray], texts: list[list[int]], prefixes: list[list[int]],
-                      full_input: bool) -> list[list[Word]]:
+                      full_input: bool, beam: int) -> list[list[Word]]:
         """One group of equal prompt length: decode, retry what loops or fails, align."""
         prompts = [self._prompt(t) + f for t, f in zip(texts, prefixes)]
         frames = MAX_FRAMES if full_input else max(self.window_frames(len(a)) for a in audio)
-        beam = self.config.final_beam_size if full_input else self.config.beam_size
         encoded = self._encode(audio, frames)
         attempts = self._generate(encoded, audio, prompts, beam=beam)
         retry = [i for i, a in enumerate(attempts) if a.loops] if frames < MAX_FRAMES else []

@@ -26,7 +26,7 @@ class PodSettings:
     compute_type: str = setting("int8", "CTranslate2 compute type (int8, int8_float16, float16, float32, ...)")
     cpu_threads: int = setting(0, "threads for the model on CPU; 0 means all cores")
     beam_size: int = setting(1, "beam width of partial decodes; 1 is greedy and cheapest")
-    final_beam_size: int = setting(5, "beam width of final decodes with --full-input-finals (faster-whisper's default)")
+    final_beam_size: int = setting(5, "beam width of final decodes (5 is faster-whisper's default)")
 
     # --- the scheduler
     max_batch: int = setting(8, "most decode jobs in one model call; 1 is the unbatched baseline")

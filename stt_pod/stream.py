@@ -79,6 +79,7 @@ class Job:
     previous: str = ""  # the session's final text before `start`
     utterance_start: int = 0  # where the window's own speech starts; before it is context
     prefix: str = ""  # final words inside the window: the decoder is made to say them first, then goes on
+    final: bool = False  # a final's decode: `final_beam_size`, not the partials' beam
     full_input: bool = False  # encode the whole 30 s input, as Whisper was trained, not just this audio
 
     @property
@@ -229,7 +230,7 @@ class SessionStream:
                 edge = max(edge, before[-1].end)
             window = min(own, max(int(edge * SR), self._buffer_start))
         return Job(kind, window, end, self._audio(window, end), end if speech_end is None else speech_end,
-                   self.config.prompt, join(before), own, join(inside),
+                   self.config.prompt, join(before), own, join(inside), kind == FINAL,
                    kind == FINAL and self.config.full_input_finals)
 
     def _audio(self, start: int, end: int) -> np.ndarray:

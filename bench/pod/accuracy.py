@@ -71,8 +71,12 @@ def split_overrides(overrides: dict) -> tuple[dict, dict]:
 
 
 def stream_group(engine: WhisperEngine, config: StreamConfig, group: list[Clip], max_batch: int,
-                 shift: float = 0.0) -> list[str]:
-    """Stream the clips of `group` side by side, each after `shift` s of silence; their transcripts (finals joined)."""
+                 shift: float = 0.0) -> tuple[list[str], float]:
+    """Stream the clips of `group` side by side, each after `shift` s of silence.
+
+    Returns their transcripts (finals joined) and the CPU seconds the model's
+    calls took (all threads: what the decoding costs, whatever else runs).
+    """
     lead = np.zeros(int(shift * SR), dtype=np.float32)
     audio = [np.concatenate([lead, sf.read(str(c.path), dtype="float32")[0]]) for c in group]
     streams = [SessionStream(config, StreamingVad().feed) for _ in group]
@@ -80,6 +84,7 @@ def stream_group(engine: WhisperEngine, config: StreamConfig, group: list[Clip],
     step = int(FRAME_SECONDS * SR)
     t = 0.0
     pos = 0
+    cpu = 0.0
     while not all(s.done for s in streams):
         for i, s in enumerate(streams):
             if pos < len(audio[i]):
@@ -91,13 +96,15 @@ def stream_group(engine: WhisperEngine, config: StreamConfig, group: list[Clip],
         pending = [(i, job) for i, s in enumerate(streams) for job in s.jobs()]
         while pending:
             batch, pending = pending[:max_batch], pending[max_batch:]
+            before = time.process_time()
             results = engine.decode([job for _, job in batch])
+            cpu += time.process_time() - before
             for (i, job), words in zip(batch, results):
                 for event in streams[i].on_result(job, words, t):
                     if hasattr(event, "segment_id"):
                         texts[i].append(event.text)
             pending += [(i, job) for i, s in enumerate(streams) for job in s.jobs()]
-    return [" ".join(t) for t in texts]
+    return [" ".join(t) for t in texts], cpu
 
 
 def run_variant(engine_cache: dict, name: str, overrides: dict, selected: list[Clip], concurrent: int,
@@ -111,11 +118,16 @@ def run_variant(engine_cache: dict, name: str, overrides: dict, selected: list[C
     config = dataclasses.replace(StreamConfig(), **stream_over)
     started = time.monotonic()
     hyps: list[str] = []  # every clip once per shift, shift by shift
+    cpu = 0.0
     for shift in shifts:
         for k in range(0, len(selected), concurrent):
-            hyps += stream_group(engine, config, selected[k : k + concurrent], max_batch, shift)
+            texts, seconds = stream_group(engine, config, selected[k : k + concurrent], max_batch, shift)
+            hyps += texts
+            cpu += seconds
+    audio = sum(c.seconds + shift for c in selected for shift in shifts)  # lead-in silence included: it is streamed
     return {"variant": name, "concurrent": concurrent, "hypotheses": hyps,
-            "wer": pooled_wer([c.text for c in selected] * len(shifts), hyps), "seconds": time.monotonic() - started}
+            "wer": pooled_wer([c.text for c in selected] * len(shifts), hyps), "seconds": time.monotonic() - started,
+            "cpu_per_audio_second": cpu / audio}
 
 
 def main() -> None:
@@ -154,7 +166,8 @@ def main() -> None:
             r = run_variant(cache, name, overrides, selected, n, args.max_batch, shifts)
             results.append(r)
             print(f"{name:40s} N={n:<3d} WER {r['wer']:.4f} (offline {offline_wer:.4f}, "
-                  f"{100 * (r['wer'] - offline_wer):+.1f} points) {r['seconds']:.0f} s", file=sys.stderr)
+                  f"{100 * (r['wer'] - offline_wer):+.1f} points) model CPU {r['cpu_per_audio_second']:.3f} s "
+                  f"per audio s, {r['seconds']:.0f} s", file=sys.stderr)
             if args.show:
                 for c, h, o in zip(selected * len(shifts), r["hypotheses"], offline * len(shifts)):
                     print(f"  {c.name}\n    REF {c.text}\n    OFF {o}\n    STR {h}", file=sys.stderr)
