@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 
+from voxfleet import __version__
 from voxfleet import settings as settings_mod
 
 SAMPLE = "samples/voxfleet-sample.wav"
@@ -36,12 +38,20 @@ def _logging(level: str) -> None:
 
 
 def cmd_pod(args: argparse.Namespace) -> int:
+    from stt_pod.engine import locate_model
     from stt_pod.server import run_pod
     from stt_pod.settings import ENV_PREFIX, PodSettings
 
     pod_settings = settings_mod.load(PodSettings, ENV_PREFIX, args)
+    pod_settings.validate()
+    locate_model(pod_settings.model)  # a missing model is one line here, not a traceback after binding
     _logging(pod_settings.log_level)
-    asyncio.run(run_pod(pod_settings))
+    try:
+        asyncio.run(run_pod(pod_settings))
+    except OSError as exc:  # a port in use, an address not on this machine
+        print(f"voxfleet pod: cannot listen on {pod_settings.host}:{pod_settings.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -50,15 +60,20 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
+    live_line = sys.stderr.isatty()  # a partial rewrites its line on a terminal; in a pipe each is a line
+
     async def run() -> None:
         async for result in transcribe(args.url, args.file, realtime=args.realtime, partials=args.partials,
-                                       language=args.language, priority=args.priority):
+                                       language=args.language, priority=args.priority,
+                                       api_key=getattr(args, "api_key", None) or None):
             if result.final:
-                if args.partials:
+                if args.partials and live_line:
                     print("\r\033[K", end="", file=sys.stderr)
                 print(result.text, flush=True)
-            elif args.partials:
+            elif args.partials and live_line:
                 print(f"\r\033[K… {result.text}", end="", file=sys.stderr, flush=True)
+            elif args.partials:
+                print(f"… {result.text}", file=sys.stderr, flush=True)
 
     try:
         asyncio.run(run())
@@ -141,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stt_router.settings import RouterSettings
 
     parser = argparse.ArgumentParser(prog="voxfleet", description="Streaming speech-to-text for many live clients.")
+    parser.add_argument("--version", action="version", version=f"voxfleet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     pod = sub.add_parser("pod", help="run an STT pod (one model, many sessions)")
@@ -149,18 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("transcribe", help="stream an audio file to a pod or router and print the transcript")
     tr.add_argument("url", help="ws://host:port of a pod or router")
-    tr.add_argument("file", help="audio file (WAV: any rate, channels, pcm16 or float)")
+    tr.add_argument("file", help="audio file (WAV, FLAC, OGG, MP3: any rate, channels, pcm16 or float)")
     tr.add_argument("--realtime", action="store_true", help="send the audio at real-time pace")
     tr.add_argument("--partials", action="store_true", help="show partial results on stderr")
-    tr.add_argument("--language", default="en")
-    tr.add_argument("--priority", default="normal", choices=("high", "normal", "low"))
+    tr.add_argument("--language", default="en", help="language of the speech (English-only models take only en)")
+    tr.add_argument("--priority", default="normal", choices=("high", "normal", "low"),
+                    help="scheduling class asked for; a router caps it at what the API key allows")
+    tr.add_argument("--api-key", default=os.environ.get("VOXFLEET_API_KEY", ""),
+                    help="API key for a router that asks for one, sent as the X-API-Key header "
+                         "(default: $VOXFLEET_API_KEY)")
     tr.set_defaults(func=cmd_transcribe)
 
     sub.add_parser("operator", help="run the Kubernetes operator (`voxfleet operator crd` prints the CRD)")
 
     demo = sub.add_parser("demo", help="voxfleet up, transcribe the bundled sample through it, stop")
     demo.add_argument("--port", type=int, default=8765, help="the router's port")
-    demo.add_argument("--pods", type=int, default=2)
+    demo.add_argument("--pods", type=int, default=2, help="local pod processes")
     demo.add_argument("--file", help="another audio file to transcribe instead")
     demo.set_defaults(func=cmd_demo)
 

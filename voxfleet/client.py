@@ -67,6 +67,21 @@ class Audio:
         return [self.data[i : i + step] for i in range(0, len(self.data), step)]
 
 
+def check_url(url: str) -> str:
+    """`url` if it is a WebSocket URL, else a ValueError saying what to give instead."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"{url!r} is not a URL: give ws://host:port (or wss:// behind TLS)")
+    if scheme in ("http", "https"):
+        raise ValueError(f"{url!r} is an HTTP URL: voxfleet streams over WebSocket, give "
+                         f"{'wss' if scheme == 'https' else 'ws'}://{rest}")
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"{url!r}: the scheme must be ws:// or wss://, not {scheme}://")
+    if not rest.split("/", 1)[0]:
+        raise ValueError(f"{url!r} names no host: give ws://host:port")
+    return url
+
+
 def read_audio(path: str | Path) -> Audio:
     """A WAV (or any file libsndfile reads): 16-bit stays pcm16, anything else goes as float32."""
     import soundfile as sf
@@ -96,11 +111,18 @@ async def transcribe(
     backoff: float = 0.2,
     open_timeout: float = 10.0,
     headers: dict[str, str] | None = None,
+    api_key: str | None = None,
 ) -> AsyncIterator[Result]:
-    """Stream `audio` and yield results as they come; raises TranscriptionError on refusal."""
+    """Stream `audio` and yield results as they come; raises TranscriptionError on refusal.
+
+    `api_key` goes in the X-API-Key header (not the URL, which proxies log).
+    """
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+    check_url(url)
+    if api_key:
+        headers = {**(headers or {}), "X-API-Key": api_key}
     if not isinstance(audio, Audio):
         audio = read_audio(audio)
     frames = audio.frames()

@@ -30,6 +30,7 @@ def test_transcribe_prints_the_transcript(pod):
 def test_transcribe_shows_partials_on_stderr_with_realtime(pod):
     done = voxfleet("transcribe", pod.url, str(conversation(SENTENCES[0:1])), "--realtime", "--partials")
     assert done.returncode == 0 and "…" in done.stderr and done.stdout.strip()
+    assert "\033[" not in done.stderr  # a pipe gets one line per partial, no terminal escape codes
 
 
 async def test_refusal_exits_nonzero_with_a_clear_message(pod_factory):
@@ -53,3 +54,36 @@ def test_bad_setting_in_environment_is_a_clear_error():
     done = subprocess.run([sys.executable, "-m", "voxfleet", "pod"], capture_output=True, text=True, timeout=30,
                           env={"VOXFLEET_POD_MAX_SESSIONS": "many", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "VOXFLEET_POD_MAX_SESSIONS" in done.stderr
+
+
+def test_version():
+    from voxfleet import __version__
+
+    done = voxfleet("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"voxfleet {__version__}"
+
+
+@pytest.mark.parametrize("url, hint", [("http://127.0.0.1:9", "ws://127.0.0.1:9"), ("127.0.0.1:9", "ws://host:port"),
+                                       ("ftp://127.0.0.1:9", "ws://"), ("ws://", "names no host")])
+def test_a_url_that_is_not_a_websocket_url_is_one_clear_line(url, hint):
+    done = voxfleet("transcribe", url, str(bundled_sample()))
+    assert done.returncode == 2 and hint in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_that_is_not_installed_is_one_clear_line(tmp_path):
+    for model in ("small.en", str(tmp_path)):  # a name not in any cache; a directory with no model in it
+        done = voxfleet("pod", "--port", "0", "--model", model, timeout=60)
+        assert done.returncode == 2 and model in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "tiny.en" in done.stderr or "model.bin" in done.stderr
+
+
+def test_a_busy_port_is_one_clear_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = voxfleet("pod", "--port", str(port), timeout=60)
+    assert done.returncode == 2 and "address already in use" in done.stderr and "Traceback" not in done.stderr
