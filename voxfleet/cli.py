@@ -25,11 +25,16 @@ from pathlib import Path
 from voxfleet import __version__
 from voxfleet import settings as settings_mod
 
-SAMPLE = "samples/voxfleet-sample.wav"
+SAMPLE = "samples/jfk-ask-not.wav"
+"""A recording of a person (public domain), with what was said beside it in a .txt file."""
 
 
 def bundled_sample() -> Path:
     return Path(str(resources.files("voxfleet").joinpath(SAMPLE)))
+
+
+def bundled_sample_text() -> str:
+    return bundled_sample().with_suffix(".txt").read_text(encoding="utf-8").strip()
 
 
 def _logging(level: str) -> None:
@@ -112,8 +117,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fleet.start()
         sample = Path(args.file) if args.file else bundled_sample()
         print(f"transcribing {sample.name} through {fleet.url}:", file=sys.stderr)
-        return cmd_transcribe(argparse.Namespace(url=fleet.url, file=sample, realtime=False, partials=False,
-                                                 language="en", priority="normal"))
+        code = cmd_transcribe(argparse.Namespace(url=fleet.url, file=sample, realtime=False, partials=False,
+                                                 language="en", priority="normal", api_key=""))
+        if code == 0 and not args.file:
+            print(f"(what was said: {bundled_sample_text()})", file=sys.stderr)
+        return code
     except (RuntimeError, TimeoutError) as exc:
         print(f"voxfleet demo: {exc}", file=sys.stderr)
         return 1

@@ -61,6 +61,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_port_free(port: int) -> None:
+    """RuntimeError when `port` is taken: else the fleet's readiness check would be answered by whoever holds it."""
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError as exc:
+            raise RuntimeError(f"port {port} on {HOST} is in use ({exc.strerror}): another voxfleet up or demo? "
+                               f"Stop it, or give --port") from None
+
+
 @dataclass
 class Child:
     name: str
@@ -236,6 +246,7 @@ class LocalFleet:
 
     def start(self) -> None:
         """Spawn the pods and the router; return once all are ready (raises if one fails)."""
+        check_port_free(self.port)
         for i in range(self.n_pods):
             self._spawn_pod(i)
         self._wait_ready(self.pods)

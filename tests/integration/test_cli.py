@@ -87,3 +87,24 @@ def test_a_busy_port_is_one_clear_line():
         port = taken.getsockname()[1]
         done = voxfleet("pod", "--port", str(port), timeout=60)
     assert done.returncode == 2 and "address already in use" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_demo_transcribes_a_recording_of_a_person_and_shows_what_was_said():
+    from voxfleet.cli import bundled_sample_text
+    from voxfleet.up import free_port
+
+    done = voxfleet("demo", "--port", str(free_port()), "--pods", "1", timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert f"(what was said: {bundled_sample_text()})" in done.stderr
+    assert_file_as_accurate_as_offline(bundled_sample(), bundled_sample_text(), done.stdout)
+
+
+def test_demo_on_a_busy_port_says_so_instead_of_using_whoever_holds_it():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = voxfleet("demo", "--port", str(taken.getsockname()[1]), "--pods", "1", timeout=120)
+    assert done.returncode == 1 and "in use" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not done.stdout.strip()  # nothing was transcribed
