@@ -61,14 +61,20 @@ def cmd_pod(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from voxfleet.client import TranscriptionError, transcribe
+    from voxfleet.client import TranscriptionError, check_url, stdin_audio, transcribe
+    from voxfleet.protocol import AudioFormat
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-
     live_line = sys.stderr.isatty()  # a partial rewrites its line on a terminal; in a pipe each is a line
 
     async def run() -> None:
-        async for result in transcribe(args.url, args.file, realtime=args.realtime, partials=args.partials,
+        check_url(args.url)
+        audio = args.file
+        if str(args.file) == "-":
+            if getattr(args, "rate", 16000) <= 0 or getattr(args, "channels", 1) <= 0:
+                raise ValueError("--rate and --channels must be positive")
+            audio = stdin_audio(AudioFormat(args.rate, args.encoding, args.channels))
+        async for result in transcribe(args.url, audio, realtime=args.realtime, partials=args.partials,
                                        language=args.language, priority=args.priority,
                                        api_key=getattr(args, "api_key", None) or None):
             if result.final:
@@ -173,12 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("transcribe", help="stream an audio file to a pod or router and print the transcript")
     tr.add_argument("url", help="ws://host:port of a pod or router")
-    tr.add_argument("file", help="audio file (WAV, FLAC, OGG, MP3: any rate, channels, pcm16 or float)")
+    tr.add_argument("file", help="audio file (anything libsndfile or PyAV reads: WAV, FLAC, MP3, M4A, Opus, ...), "
+                                 "or - for raw samples on stdin (see --rate), sent as they arrive")
     tr.add_argument("--realtime", action="store_true", help="send the audio at real-time pace")
     tr.add_argument("--partials", action="store_true", help="show partial results on stderr")
     tr.add_argument("--language", default="en", help="language of the speech (English-only models take only en)")
     tr.add_argument("--priority", default="normal", choices=("high", "normal", "low"),
                     help="scheduling class asked for; a router caps it at what the API key allows")
+    tr.add_argument("--rate", type=int, default=16000, help="with -: sample rate of the raw audio on stdin")
+    tr.add_argument("--channels", type=int, default=1, help="with -: interleaved channels on stdin")
+    tr.add_argument("--encoding", default="pcm16", choices=("pcm16", "float32"),
+                    help="with -: little-endian sample encoding on stdin")
     tr.add_argument("--api-key", default=os.environ.get("VOXFLEET_API_KEY", ""),
                     help="API key for a router that asks for one, sent as the X-API-Key header "
                          "(default: $VOXFLEET_API_KEY)")

@@ -4,6 +4,12 @@
         if result.final:
             print(result.text)
 
+    # live audio: any async iterable of raw little-endian bytes, sent as it comes
+    live = LiveAudio(AudioFormat(16000, "pcm16", 1), microphone_chunks())
+    async for result in transcribe("ws://127.0.0.1:8765", live, partials=True): ...
+
+    text = transcribe_sync("ws://127.0.0.1:8765", "talk.wav")   # scripts without asyncio
+
 It keeps every audio frame the server has not acknowledged, and when the
 connection drops (not a normal close) it reconnects with the session's resume
 token (bounded retries, exponential backoff) and resends from where the
@@ -18,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterable, AsyncIterator
 
 import numpy as np
 
@@ -67,6 +73,77 @@ class Audio:
         return [self.data[i : i + step] for i in range(0, len(self.data), step)]
 
 
+@dataclass
+class LiveAudio:
+    """Audio that is sent as it arrives (a microphone, a pipe, a call), in chunks of any size."""
+
+    format: AudioFormat
+    chunks: AsyncIterable[bytes]  # raw little-endian samples in `format`; the session ends when it does
+
+
+class _Frames:
+    """A session's audio as numbered frames, kept until the server acknowledges them (for a resend on resume).
+
+    Live audio is read by its own task, not by a connection's sender: a
+    dropped connection must not interrupt the source, which goes on filling
+    frames while the client reconnects.
+    """
+
+    def __init__(self, audio: Audio | LiveAudio):
+        self.format = audio.format
+        self._frames: dict[int, bytes] = {}
+        self.count = 0
+        self.complete = False
+        self.error: BaseException | None = None
+        self._changed = asyncio.Event()
+        self._reader: asyncio.Task | None = None
+        if isinstance(audio, Audio):
+            for frame in audio.frames():
+                self._add(frame)
+            self.complete = True
+        else:
+            self._reader = asyncio.get_running_loop().create_task(self._read(audio.chunks), name="live-audio")
+
+    def _add(self, frame: bytes) -> None:
+        self._frames[self.count] = frame
+        self.count += 1
+        self._changed.set()
+
+    async def _read(self, chunks: AsyncIterable[bytes]) -> None:
+        step = max(1, int(self.format.sample_rate * FRAME_SECONDS)) * self.format.bytes_per_frame
+        pending = b""
+        try:
+            async for chunk in chunks:
+                pending += bytes(chunk)
+                while len(pending) >= step:
+                    self._add(pending[:step])
+                    pending = pending[step:]
+            whole = len(pending) - len(pending) % self.format.bytes_per_frame  # a torn last sample is dropped
+            if whole:
+                self._add(pending[:whole])
+        except Exception as exc:  # the source failed: the session ends with what was read, and the error is raised
+            self.error = exc
+        finally:
+            self.complete = True
+            self._changed.set()
+
+    async def get(self, seq: int) -> bytes | None:
+        """Frame `seq`, waiting for live audio to bring it; None after the last frame."""
+        while seq >= self.count and not self.complete:
+            self._changed.clear()
+            await self._changed.wait()
+        return self._frames.get(seq) if seq < self.count else None
+
+    def acknowledged(self, seq: int) -> None:
+        """The server has frames up to `seq`: a resume will never ask for them again."""
+        for old in [k for k in self._frames if k <= seq]:
+            del self._frames[old]
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+
+
 def check_url(url: str) -> str:
     """`url` if it is a WebSocket URL, else a ValueError saying what to give instead."""
     scheme, sep, rest = url.partition("://")
@@ -83,23 +160,44 @@ def check_url(url: str) -> str:
 
 
 def read_audio(path: str | Path) -> Audio:
-    """A WAV (or any file libsndfile reads): 16-bit stays pcm16, anything else goes as float32."""
+    """Any audio file: libsndfile's formats (WAV, FLAC, OGG, MP3) as they are, anything else PyAV decodes
+    (M4A, Opus, WebM, a video's sound track) as float32. 16-bit stays pcm16; the rest goes as float32."""
     import soundfile as sf
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"no such audio file: {path}")
     try:
         info = sf.info(str(path))
-    except sf.LibsndfileError as exc:
-        raise ValueError(f"cannot read {path} as audio: {exc}") from None
+    except sf.LibsndfileError:
+        return _read_with_pyav(path)
     encoding = "pcm16" if info.subtype in ("PCM_16", "PCM_S8", "PCM_U8") else "float32"
     data, rate = sf.read(str(path), dtype="int16" if encoding == "pcm16" else "float32", always_2d=True)
     return Audio(AudioFormat(int(rate), encoding, data.shape[1]), np.ascontiguousarray(data).astype("<" + data.dtype.str[1:]).tobytes())
 
 
+def _read_with_pyav(path: str | Path) -> Audio:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is None:
+                raise ValueError(f"{path} has no audio stream")
+            rate = stream.codec_context.sample_rate
+            channels = 1 if stream.codec_context.channels == 1 else 2  # more are mixed down to stereo
+            resampler = av.AudioResampler(format="flt", layout="mono" if channels == 1 else "stereo", rate=rate)
+            pieces = [frame.to_ndarray().reshape(-1) for packet in container.demux(stream) for decoded in packet.decode()
+                      for frame in resampler.resample(decoded)]
+            pieces += [frame.to_ndarray().reshape(-1) for frame in resampler.resample(None)]
+    except av.FFmpegError as exc:
+        raise ValueError(f"cannot read {path} as audio: {exc}") from None
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    return Audio(AudioFormat(int(rate), "float32", channels), samples.astype("<f4").tobytes())
+
+
 async def transcribe(
     url: str,
-    audio: Audio | str | Path,
+    audio: Audio | LiveAudio | str | Path,
     *,
     realtime: bool = False,
     partials: bool = False,
@@ -115,18 +213,34 @@ async def transcribe(
 ) -> AsyncIterator[Result]:
     """Stream `audio` and yield results as they come; raises TranscriptionError on refusal.
 
-    `api_key` goes in the X-API-Key header (not the URL, which proxies log).
+    `audio` is a file, an `Audio`, or a `LiveAudio` sent as it arrives
+    (`realtime` paces a file or `Audio` like a live source). `api_key` goes
+    in the X-API-Key header (not the URL, which proxies log).
     """
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
     check_url(url)
     if api_key:
         headers = {**(headers or {}), "X-API-Key": api_key}
-    if not isinstance(audio, Audio):
+    if not isinstance(audio, (Audio, LiveAudio)):
         audio = read_audio(audio)
-    frames = audio.frames()
-    start = p.Start(audio.format, language, priority, partials, prompt, word_timestamps)
+    realtime = realtime and isinstance(audio, Audio)
+    frames = _Frames(audio)
+    try:
+        async for result in _session(url, frames, p.Start(audio.format, language, priority, partials, prompt,
+                                                          word_timestamps), realtime, partials, max_retries,
+                                     backoff, open_timeout, headers):
+            yield result
+    finally:
+        frames.close()
+    if frames.error is not None:
+        raise TranscriptionError("audio_source", f"the live audio failed: {frames.error!r}")
+
+
+async def _session(url: str, frames: _Frames, start: p.Start, realtime: bool, partials: bool, max_retries: int,
+                   backoff: float, open_timeout: float, headers: dict[str, str] | None) -> AsyncIterator[Result]:
+    """One session over as many connections as it takes: start, then resume after each drop."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
     token: str | None = None
     last_segment = -1
     acked = -1
@@ -164,6 +278,7 @@ async def transcribe(
                             yield Result(False, msg["text"], msg["start"], msg["end"])
                         elif kind == "ack":
                             acked = max(acked, msg["seq"])
+                            frames.acknowledged(acked)
                         elif kind == "token":
                             token = msg["resume_token"]
                         elif kind == "error":
@@ -200,21 +315,54 @@ async def transcribe(
             await asyncio.sleep(delay)
 
 
-async def _send(ws, frames: list[bytes], first: int, realtime: bool, started: float) -> None:
-    loop_start = time.monotonic()
-    for seq in range(first, len(frames)):
+async def _send(ws, frames: _Frames, first: int, realtime: bool, started: float) -> None:
+    seq = first
+    while (frame := await frames.get(seq)) is not None:
         if realtime:
-            due = started + seq * FRAME_SECONDS
-            delay = due - time.monotonic()
+            delay = started + seq * FRAME_SECONDS - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        await ws.send(p.pack_frame(seq, frames[seq]))
+        await ws.send(p.pack_frame(seq, frame))
         if not realtime and (seq & 15) == 0:
             await asyncio.sleep(0)
+        seq += 1
     await ws.send(p.encode(p.END))
-    log.debug("sent %d frames in %.2f s", len(frames) - first, time.monotonic() - loop_start)
+    log.debug("sent frames %d-%d", first, seq - 1)
 
 
-async def transcript(url: str, audio: Audio | str | Path, **kwargs) -> str:
+async def transcript(url: str, audio: Audio | LiveAudio | str | Path, **kwargs) -> str:
     """The whole final transcript of `audio` as one string."""
     return " ".join([r.text async for r in transcribe(url, audio, **kwargs) if r.final]).strip()
+
+
+def stdin_audio(audio_format: AudioFormat, chunk_bytes: int = 1 << 14) -> LiveAudio:
+    """Raw samples piped into this process (`arecord ... | voxfleet transcribe URL -`), as live audio.
+
+    Read by a daemon thread: a blocking read must neither stall the event
+    loop nor keep the process alive after the session ended.
+    """
+    import sys
+    import threading
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def read() -> None:
+        while True:
+            chunk = sys.stdin.buffer.read1(chunk_bytes)
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            if not chunk:
+                return
+
+    threading.Thread(target=read, name="stdin-audio", daemon=True).start()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await queue.get():
+            yield chunk
+
+    return LiveAudio(audio_format, chunks())
+
+
+def transcribe_sync(url: str, audio: Audio | str | Path, **kwargs) -> str:
+    """`transcript` for scripts without an event loop: the final text of a file (or `Audio`)."""
+    return asyncio.run(transcript(url, audio, **kwargs))
