@@ -30,6 +30,8 @@ from urllib.parse import parse_qs, urlsplit
 
 PRIORITY_ORDER = ("high", "normal", "low")
 HASH_PREFIX = "sha256:"
+ANONYMOUS = "anonymous"
+"""The principal of clients without a key (with --anonymous); no key may have this name."""
 
 
 class AuthError(Exception):
@@ -86,6 +88,10 @@ def parse_keys(text: str, source: str = "keys") -> list[KeyRule]:
         priority = fields[3] if len(fields) == 4 else "normal"
         if priority not in PRIORITY_ORDER:
             raise ValueError(f"{where}: priority {priority!r} is not one of {', '.join(PRIORITY_ORDER)}")
+        if name == ANONYMOUS:
+            # Sessions, limits and resume tokens belong to a principal by name: a key called this would
+            # be the clients without a key, and could take over their sessions.
+            raise ValueError(f"{where}: {ANONYMOUS!r} is reserved for clients without a key; name the key otherwise")
         if name in names:
             raise ValueError(f"{where}: key name {name!r} appears twice")
         names.add(name)

@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
 from stt_router import apikeys, workers
-from stt_router.apikeys import ApiKeys, AuthError, KeyLimits, Principal
+from stt_router.apikeys import ANONYMOUS, ApiKeys, AuthError, KeyLimits, Principal
 from stt_router.discovery import static_targets
 from stt_router.metrics import RouterMetrics, watch_event_loop_lag
 from stt_router.placement import PodView
@@ -82,7 +82,7 @@ class RouterServer:
         self.pool = Pool(settings.placement, settings.status_interval_seconds, settings.status_timeout_seconds,
                          self._dispatch, failure_threshold=settings.status_failure_threshold)
         self.queue = SessionQueue(settings.max_queue, settings.max_queue_wait_seconds)
-        anonymous = Principal("anonymous", settings.anonymous_max_sessions, settings.anonymous_priority, True) \
+        anonymous = Principal(ANONYMOUS, settings.anonymous_max_sessions, settings.anonymous_priority, True) \
             if settings.anonymous else None
         rules = apikeys.read_keys(settings.api_keys) if settings.api_keys else []
         self.keys = ApiKeys(rules, anonymous)

@@ -51,6 +51,7 @@ def test_keys_are_never_stored_in_clear():
     (f"acme {hash_key('a')} 1 urgent", "priority"),
     ("acme sha256:" + "zz" * 32, "hexadecimal"),
     (f"acme {hash_key('a')}\nacme {hash_key('b')}", "twice"),
+    (f"anonymous {hash_key('a')}", "reserved"),  # else its holder would own the key-less clients' sessions
 ])
 def test_bad_key_files_say_which_line(line, match):
     with pytest.raises(ValueError, match=match):
