@@ -111,8 +111,7 @@ class Window(Protocol):
     prompt: str  # the session's initial prompt / hotwords: kept whole
     previous: str  # recent final text before the audio: trimmed from the left to fit
     prefix: str  # final text inside the audio: forced as the transcript's start, not returned
-    final: bool  # decoded with `final_beam_size`, not the partials' `beam_size`
-    full_input: bool  # encoded with Whisper's whole 30 s input (accurate), not the audio plus a pad (cheap)
+    final: bool  # decoded with `final_beam_size` and `final_input_seconds`, not the partials' settings
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,6 @@ class Plain:
     previous: str = ""
     prefix: str = ""
     final: bool = False
-    full_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +136,8 @@ class EngineConfig:
     encode_pad_seconds: float = 4.0
     encode_bucket_seconds: float = 2.0
     language: str = "en"
+    final_input_seconds: float = 30.0  # shortest encoder input of a final's decode (30: Whisper's whole input)
+    partial_input_seconds: float = 0.0  # the same for partials (0: the window plus `encode_pad_seconds`)
     prompt_tokens: int = 64  # most previous-text tokens a window is conditioned on; 0: none
     temperature_fallback: bool = True
 
@@ -199,10 +199,10 @@ class WhisperEngine:
         self.load_seconds = time.monotonic() - started
         self.name = config.model
 
-    def window_frames(self, samples: int) -> int:
-        """Encoder input length for a window of `samples`, bucketed."""
+    def window_frames(self, samples: int, least_seconds: float = 0.0) -> int:
+        """Encoder input length for a window of `samples`, bucketed, at least `least_seconds` (30: Whisper's own)."""
         bucket = self.config.encode_bucket_seconds
-        seconds = samples / SR + self.config.encode_pad_seconds
+        seconds = max(samples / SR + self.config.encode_pad_seconds, least_seconds)
         frames = int(math.ceil(seconds / bucket) * bucket * FRAMES_PER_SECOND)
         return min(MAX_FRAMES, frames + frames % 2)
 
@@ -221,14 +221,15 @@ class WhisperEngine:
         groups: dict[tuple[bool, bool, int], list[int]] = {}
         for i, (own, previous) in enumerate(tokens):
             length = prompt_group(len(own) + len(previous), MAX_PROMPT_TOKENS)
-            groups.setdefault((windows[i].final, windows[i].full_input, length), []).append(i)
+            groups.setdefault((windows[i].final, length), []).append(i)
         out: list[list[Word]] = [[] for _ in windows]
-        for (final, full_input, length), members in groups.items():
+        for (final, length), members in groups.items():
             prompts = [fit_prompt(*tokens[i], length) for i in members]
             prefixes = [self._encode_text(windows[i].prefix) for i in members]
             audio = [windows[i].audio for i in members]
             beam = self.config.final_beam_size if final else self.config.beam_size
-            for i, words in zip(members, self._decode_group(audio, prompts, prefixes, full_input, beam)):
+            least = self.config.final_input_seconds if final else self.config.partial_input_seconds
+            for i, words in zip(members, self._decode_group(audio, prompts, prefixes, least, beam)):
                 out[i] = words
         return out
 
@@ -239,10 +240,10 @@ class WhisperEngine:
         return ([self.tokenizer.sot_prev] + text_tokens if text_tokens else []) + self._suffix
 
     def _decode_group(self, audio: list[np.ndarray], texts: list[list[int]], prefixes: list[list[int]],
-                      full_input: bool, beam: int) -> list[list[Word]]:
+                      least_seconds: float, beam: int) -> list[list[Word]]:
         """One group of equal prompt length: decode, retry what loops or fails, align."""
         prompts = [self._prompt(t) + f for t, f in zip(texts, prefixes)]
-        frames = MAX_FRAMES if full_input else max(self.window_frames(len(a)) for a in audio)
+        frames = max(self.window_frames(len(a), least_seconds) for a in audio)
         encoded = self._encode(audio, frames)
         attempts = self._generate(encoded, audio, prompts, beam=beam)
         retry = [i for i, a in enumerate(attempts) if a.loops] if frames < MAX_FRAMES else []

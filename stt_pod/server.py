@@ -76,7 +76,8 @@ class PodServer:
         started = time.monotonic()
         config = EngineConfig(s.model, s.device, s.compute_type, s.cpu_threads, s.beam_size,
                               s.final_beam_size, s.encode_pad_seconds, s.encode_bucket_seconds,
-                              prompt_tokens=s.prompt_tokens,
+                              final_input_seconds=s.final_input_seconds,
+                              partial_input_seconds=s.partial_input_seconds, prompt_tokens=s.prompt_tokens,
                               temperature_fallback=s.temperature_fallback)
         self.engine = await asyncio.to_thread(WhisperEngine, config)
         warm = await asyncio.to_thread(self.engine.warm_up)
@@ -161,7 +162,7 @@ class PodServer:
             partial_interval=s.partial_interval_ms / 1000, max_window=s.max_window_seconds,
             final_silence=s.final_silence_ms / 1000, vad_threshold=s.vad_threshold,
             speech_pad=s.speech_pad_ms / 1000, min_speech=s.min_speech_ms / 1000, partials=start.partials,
-            context_seconds=s.context_seconds, full_input_finals=s.full_input_finals, prompt=start.prompt,
+            context_seconds=s.context_seconds, prompt=start.prompt,
             previous_text=start.previous_text,
         )
         stream = SessionStream(config, StreamingVad().feed)

@@ -34,7 +34,8 @@ class PodSettings:
     partial_max_wait_ms: int = setting(1500, "a queued partial older than this is dropped (overload shedding)")
     encode_pad_seconds: float = setting(4.0, "silence appended to each window before encoding; shorter is cheaper but loops more often (30 = Whisper's full context)")
     encode_bucket_seconds: float = setting(2.0, "encoder input lengths are rounded up to this, so batches line up")
-    full_input_finals: bool = setting(True, "decode finals with Whisper's whole 30 s input (accurate); partials always use the cut one")
+    final_input_seconds: float = setting(30.0, "shortest encoder input of a final's decode: 30 is Whisper's whole input (accurate); less is cheaper")
+    partial_input_seconds: float = setting(0.0, "shortest encoder input of a partial's decode; 0: the window plus --encode-pad-seconds")
     prompt_tokens: int = setting(64, "most tokens of a session's earlier final text each decode is conditioned on; 0 turns the prompt off")
     temperature_fallback: bool = setting(True, "decode again at rising temperatures a window whose text loops or is unlikely, as Whisper does")
 
@@ -72,10 +73,13 @@ class PodSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         not_negative = ("context_seconds", "prompt_tokens", "speech_pad_ms", "min_speech_ms", "encode_pad_seconds",
                         "batch_window_ms", "partial_max_wait_ms", "resume_grace_seconds", "drain_timeout_seconds",
-                        "max_reorder_frames", "cpu_threads")
+                        "max_reorder_frames", "cpu_threads", "final_input_seconds", "partial_input_seconds")
         for name in not_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")
+        for name in ("final_input_seconds", "partial_input_seconds"):
+            if getattr(self, name) > 30:
+                raise ValueError(f"--{name.replace('_', '-')} must be at most Whisper's 30 s, not {getattr(self, name)}")
         if not 0 < self.vad_threshold < 1:
             raise ValueError(f"--vad-threshold must lie between 0 and 1, not {self.vad_threshold}")
         window = self.max_window_seconds + self.final_silence_ms / 1000 + 1

@@ -61,7 +61,6 @@ class StreamConfig:
     min_speech: float = 0.25
     partials: bool = True
     context_seconds: float = 5.0
-    full_input_finals: bool = True  # finals are heard with Whisper's whole 30 s input; partials cut it short
     prompt: str = ""  # the session's initial prompt / hotwords, before every window
     previous_text: str = ""  # what was said before this session's audio (a session moved from another pod)
 
@@ -79,8 +78,7 @@ class Job:
     previous: str = ""  # the session's final text before `start`
     utterance_start: int = 0  # where the window's own speech starts; before it is context
     prefix: str = ""  # final words inside the window: the decoder is made to say them first, then goes on
-    final: bool = False  # a final's decode: `final_beam_size`, not the partials' beam
-    full_input: bool = False  # encode the whole 30 s input, as Whisper was trained, not just this audio
+    final: bool = False  # a final's decode: the engine's final beam and encoder input, not the partials'
 
     @property
     def overlaps_finals(self) -> bool:
@@ -230,8 +228,7 @@ class SessionStream:
                 edge = max(edge, before[-1].end)
             window = min(own, max(int(edge * SR), self._buffer_start))
         return Job(kind, window, end, self._audio(window, end), end if speech_end is None else speech_end,
-                   self.config.prompt, join(before), own, join(inside), kind == FINAL,
-                   kind == FINAL and self.config.full_input_finals)
+                   self.config.prompt, join(before), own, join(inside), kind == FINAL)
 
     def _audio(self, start: int, end: int) -> np.ndarray:
         """A copy of held samples [start, end)."""

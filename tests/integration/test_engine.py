@@ -24,7 +24,7 @@ def test_windows_with_prompts_of_any_length_and_prefixes_decode_in_one_call(engi
         Plain(audio, previous="Thank you."),
         Plain(audio, prompt="Inaugural address, 1961.", previous=" ".join(["We observe today."] * 20)),
         Plain(audio, prefix="And so my fellow Americans,"),
-        Plain(audio, full_input=True, prefix="And so my fellow Americans,"),
+        Plain(audio, final=True, prefix="And so my fellow Americans,"),
     ]
     plain, short, long_, prefixed, full = engine.decode(windows)
     for words in (plain, short, long_):
