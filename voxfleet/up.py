@@ -168,6 +168,8 @@ def router_numbers(metrics_text: str) -> dict[str, float]:
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
             key = names.get(sample.name)
+            if key == "sessions_started" and sample.labels.get("kind") != "start":
+                continue  # a resume is a session that arrived before: arrivals are new sessions, as the operator counts
             if key:
                 out[key] += sample.value
     return out

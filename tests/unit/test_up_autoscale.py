@@ -72,9 +72,11 @@ def test_router_numbers_parse_the_metrics_text():
     text = ("# TYPE voxfleet_router_sessions_queued gauge\nvoxfleet_router_sessions_queued 3\n"
             "# TYPE voxfleet_router_queue_oldest_wait_seconds gauge\nvoxfleet_router_queue_oldest_wait_seconds 1.5\n"
             "# TYPE voxfleet_router_sessions_total counter\n"
-            'voxfleet_router_sessions_total{protocol="native",kind="new"} 7\n'
+            'voxfleet_router_sessions_total{protocol="native",kind="start"} 7\n'
+            'voxfleet_router_sessions_total{protocol="whisperlive",kind="start"} 1\n'
             'voxfleet_router_sessions_total{protocol="native",kind="resume"} 2\n')
-    assert up.router_numbers(text) == {"queued": 3, "oldest_wait": 1.5, "sessions_started": 9}
+    # Arrivals are new sessions (the router's kind="start", as the operator's query counts): resumes are not.
+    assert up.router_numbers(text) == {"queued": 3, "oldest_wait": 1.5, "sessions_started": 8}
 
 
 def test_fleet_sizes():
