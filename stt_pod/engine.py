@@ -177,6 +177,36 @@ class _Attempt:
         return not self.silent and (self.loops or self.avg_logprob < LOGPROB_THRESHOLD)
 
 
+class _FullInput:
+    """A group's encoder outputs over Whisper's whole 30 s input, computed once per row however often it is retried.
+
+    Temperature fallback decodes a failing window up to five more times: the
+    encoder (most of a 30 s decode's cost on a CPU) runs once for it, not once
+    per temperature, and not at all when the group was encoded whole already.
+    """
+
+    def __init__(self, engine: "WhisperEngine", audio: list[np.ndarray], whole=None):
+        self._engine = engine
+        self._audio = audio
+        self._rows: dict[int, np.ndarray] = {}
+        self._reusable = engine.model.model.device == "cpu"  # rows are kept as NumPy arrays, which live on the CPU
+        self._whole = whole
+        if whole is not None and self._reusable:
+            self._rows.update(enumerate(np.asarray(whole)))
+
+    def rows(self, rows: list[int]):
+        if self._whole is not None and rows == list(range(len(self._audio))):
+            return self._whole
+        if not self._reusable:
+            return self._engine._encode([self._audio[i] for i in rows], MAX_FRAMES)
+        from ctranslate2 import StorageView
+
+        missing = [i for i in rows if i not in self._rows]
+        if missing:
+            self._rows.update(zip(missing, np.asarray(self._engine._encode([self._audio[i] for i in missing], MAX_FRAMES))))
+        return StorageView.from_array(np.ascontiguousarray(np.stack([self._rows[i] for i in rows])))
+
+
 class WhisperEngine:
     def __init__(self, config: EngineConfig):
         from faster_whisper import WhisperModel
@@ -197,6 +227,7 @@ class WhisperEngine:
         )
         self._suffix = self.model.get_prompt(self.tokenizer, [], without_timestamps=True)
         self.load_seconds = time.monotonic() - started
+        self.fallbacks = 0  # windows decoded again at a higher temperature (a counter, for benchmarks)
         self.name = config.model
 
     def window_frames(self, samples: int, least_seconds: float = 0.0) -> int:
@@ -245,11 +276,12 @@ class WhisperEngine:
         prompts = [self._prompt(t) + f for t, f in zip(texts, prefixes)]
         frames = max(self.window_frames(len(a), least_seconds) for a in audio)
         encoded = self._encode(audio, frames)
+        full_input = _FullInput(self, audio, encoded if frames == MAX_FRAMES else None)
         attempts = self._generate(encoded, audio, prompts, beam=beam)
         retry = [i for i, a in enumerate(attempts) if a.loops] if frames < MAX_FRAMES else []
         full = None
         if retry:  # a cut encoder input loops more often: first the full 30 s, as Whisper hears it
-            full = self._encode([audio[i] for i in retry], MAX_FRAMES)
+            full = full_input.rows(retry)
             for i, a in zip(retry, self._generate(full, [audio[i] for i in retry], [prompts[i] for i in retry], beam=beam)):
                 attempts[i] = self._better(attempts[i], a)
         if self.config.temperature_fallback:
@@ -259,8 +291,9 @@ class WhisperEngine:
                     break
                 reset = temperature >= PROMPT_RESET_TEMPERATURE
                 retried = [self._prompt([]) + prefixes[i] if reset else prompts[i] for i in failed]
-                enc = self._encode([audio[i] for i in failed], MAX_FRAMES)
-                for i, a in zip(failed, self._generate(enc, [audio[i] for i in failed], retried, temperature)):
+                self.fallbacks += len(failed)
+                for i, a in zip(failed, self._generate(full_input.rows(failed), [audio[i] for i in failed], retried,
+                                                       temperature)):
                     attempts[i] = self._better(attempts[i], a)
         tokens = []
         for a, prefix in zip(attempts, prefixes):

@@ -60,6 +60,7 @@ class StreamConfig:
     speech_pad: float = 0.2
     min_speech: float = 0.25
     partials: bool = True
+    partial_commits: bool = True  # words two partials agree on become finals early (else partials only show text)
     context_seconds: float = 5.0
     prompt: str = ""  # the session's initial prompt / hotwords, before every window
     previous_text: str = ""  # what was said before this session's audio (a session moved from another pod)
@@ -272,10 +273,12 @@ class SessionStream:
             self.partial_in_flight = False
             if words is None or self.finished or self._closed:
                 return []
-            agreed, tentative = self.agreement.update(
-                [w.shifted(job.offset) for w in words], self.committed / SR,
-                job.utterance_start < self.committed and not job.overlaps_finals
-            )
+            hypothesis = [w.shifted(job.offset) for w in words]
+            overlap = job.utterance_start < self.committed and not job.overlaps_finals
+            if self.config.partial_commits:
+                agreed, tentative = self.agreement.update(hypothesis, self.committed / SR, overlap)
+            else:
+                agreed, tentative = [], self.agreement.fresh(hypothesis, self.committed / SR, overlap)
             events: list[FinalEvent | PartialEvent] = []
             if agreed:
                 self.committed = max(self.committed, int(agreed[-1].end * SR))

@@ -119,6 +119,7 @@ def run_variant(engine_cache: dict, name: str, overrides: dict, selected: list[C
     started = time.monotonic()
     hyps: list[str] = []  # every clip once per shift, shift by shift
     cpu = 0.0
+    fallbacks = engine.fallbacks
     for shift in shifts:
         for k in range(0, len(selected), concurrent):
             texts, seconds = stream_group(engine, config, selected[k : k + concurrent], max_batch, shift)
@@ -127,7 +128,7 @@ def run_variant(engine_cache: dict, name: str, overrides: dict, selected: list[C
     audio = sum(c.seconds + shift for c in selected for shift in shifts)  # lead-in silence included: it is streamed
     return {"variant": name, "concurrent": concurrent, "hypotheses": hyps,
             "wer": pooled_wer([c.text for c in selected] * len(shifts), hyps), "seconds": time.monotonic() - started,
-            "cpu_per_audio_second": cpu / audio}
+            "cpu_per_audio_second": cpu / audio, "fallback_decodes": engine.fallbacks - fallbacks}
 
 
 def main() -> None:
@@ -167,7 +168,7 @@ def main() -> None:
             results.append(r)
             print(f"{name:40s} N={n:<3d} WER {r['wer']:.4f} (offline {offline_wer:.4f}, "
                   f"{100 * (r['wer'] - offline_wer):+.1f} points) model CPU {r['cpu_per_audio_second']:.3f} s "
-                  f"per audio s, {r['seconds']:.0f} s", file=sys.stderr)
+                  f"per audio s, {r['fallback_decodes']} fallback decodes, {r['seconds']:.0f} s", file=sys.stderr)
             if args.show:
                 for c, h, o in zip(selected * len(shifts), r["hypotheses"], offline * len(shifts)):
                     print(f"  {c.name}\n    REF {c.text}\n    OFF {o}\n    STR {h}", file=sys.stderr)
