@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from voxfleet.settings import setting
 
 ENV_PREFIX = "VOXFLEET_POD_"
+WHISPER_INPUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class PodSettings:
     # --- streaming decoding
     partial_interval_ms: int = setting(1000, "new speech between two partial decodes of a session")
     max_window_seconds: float = setting(15.0, "longest speech one decode sees; bounds cost per second")
+    final_merge_seconds: float = setting(20.0, "utterances that close while their session's last final decodes are decoded together, up to this span: under load one encoder pass serves several (0: each alone)")
     context_seconds: float = setting(5.0, "earlier audio of the session before each utterance, with its final words as the decoder's prefix; 0 turns it off")
     final_silence_ms: int = setting(500, "silence that ends an utterance and triggers its final")
     vad_threshold: float = setting(0.35, "speech probability that starts speech (whispered and falsetto speech rate 0.4-0.6)")
@@ -73,7 +75,8 @@ class PodSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         not_negative = ("context_seconds", "prompt_tokens", "speech_pad_ms", "min_speech_ms", "encode_pad_seconds",
                         "batch_window_ms", "partial_max_wait_ms", "resume_grace_seconds", "drain_timeout_seconds",
-                        "max_reorder_frames", "cpu_threads", "final_input_seconds", "partial_input_seconds")
+                        "max_reorder_frames", "cpu_threads", "final_input_seconds", "partial_input_seconds",
+                        "final_merge_seconds")
         for name in not_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")
@@ -82,6 +85,12 @@ class PodSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be at most Whisper's 30 s, not {getattr(self, name)}")
         if not 0 < self.vad_threshold < 1:
             raise ValueError(f"--vad-threshold must lie between 0 and 1, not {self.vad_threshold}")
+        span = max(self.final_merge_seconds, self.max_window_seconds + 2 * self.speech_pad_ms / 1000)
+        if span + self.context_seconds > WHISPER_INPUT_SECONDS:
+            # The engine hears at most Whisper's 30 s: a longer window would lose its end.
+            raise ValueError(f"--context-seconds ({self.context_seconds:g}) plus the longest window "
+                             f"(--final-merge-seconds or --max-window-seconds with its pads, {span:g}) must fit "
+                             f"in Whisper's {WHISPER_INPUT_SECONDS} s input")
         window = self.max_window_seconds + self.final_silence_ms / 1000 + 1
         if self.max_backlog_seconds < window:
             # An open utterance is undecoded audio until its silence closes it; a smaller backlog would stop

@@ -22,8 +22,12 @@ when, and turns decode results into partials and finals:
 
 At most one partial is in flight, and finals are only created when none is,
 so the commit point a result is compared with is never stale: nothing is said twice.
-Finals of consecutive utterances may be in flight together (a fast upload
-gets its whole backlog decoded in batches). It knows no sockets and no clock:
+A session has one final in flight at a time: the utterances that close
+meanwhile wait and are decoded together in one window (up to
+`final_merge_seconds`), so a loaded pod spends one encoder pass on several
+utterances of a session instead of one each, and a fast upload goes through
+in long windows, as offline decoding reads a file. With
+`final_merge_seconds` 0, each utterance is its own final, all in flight at once. It knows no sockets and no clock:
 callers pass the wall time in, so tests drive it directly.
 """
 
@@ -62,6 +66,8 @@ class StreamConfig:
     partials: bool = True
     partial_commits: bool = True  # words two partials agree on become finals early (else partials only show text)
     context_seconds: float = 5.0
+    final_merge_seconds: float = 20.0  # utterances that closed while the session's last final was decoding are
+    #                                    decoded together, up to this span (0: each alone, all in flight at once)
     prompt: str = ""  # the session's initial prompt / hotwords, before every window
     previous_text: str = ""  # what was said before this session's audio (a session moved from another pod)
 
@@ -186,8 +192,11 @@ class SessionStream:
         jobs: list[Job] = []
         if self.partial_in_flight:
             return jobs
-        while self._closed:
+        merge = int(self.config.final_merge_seconds * SR)
+        while self._closed and not (merge and self.finals_in_flight + len(jobs)):
             start, end, speech_end = self._closed.popleft()
+            while merge and self._closed and self._closed[0][1] - start <= merge:
+                _, end, speech_end = self._closed.popleft()
             if end - max(start, self.committed) >= CHUNK:
                 jobs.append(self._job(FINAL, start, end, speech_end))
             else:

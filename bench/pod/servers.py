@@ -22,8 +22,10 @@ POD_MODES = {
     "batched": [],  # the pod's default --max-batch 8
     "unbatched": ["--max-batch", "1"],
     "no-context": ["--context-seconds", "0", "--prompt-tokens", "0"],  # A/B: decoding context off
+    "no-merge": ["--final-merge-seconds", "0"],  # A/B: each utterance its own final, however loaded the pod
+    "cut-finals": ["--final-input-seconds", "20"],  # A/B: finals heard with 20 s of encoder input, not 30
     # The first round's decoding: cut encoder input and greedy for finals too, no context, no fallback.
-    "round1": ["--no-full-input-finals", "--context-seconds", "0", "--prompt-tokens", "0",
+    "round1": ["--final-input-seconds", "0", "--final-beam-size", "1", "--context-seconds", "0", "--prompt-tokens", "0",
                "--no-temperature-fallback", "--vad-threshold", "0.5"],
 }
 WHISPERLIVE_SERVERS = {

@@ -213,9 +213,37 @@ def test_each_utterance_gets_its_own_final_with_consecutive_ids():
     assert starts == sorted(starts)
 
 
-def test_finals_of_consecutive_utterances_may_be_in_flight_together():
+def test_utterances_that_close_while_a_final_decodes_are_decoded_together():
     truth = spoken(0.5, "a") + spoken(2.5, "b") + spoken(4.5, "c")
     h = Harness(no_partials(), truth=truth, answer_kinds=())
+    h.feed(np.concatenate([silence(0.5), tone(0.5), silence(1.5), tone(0.5), silence(1.5), tone(0.5), silence(1.5)]))
+    [first] = h.pending  # one final in flight: the other two utterances wait for it
+    assert h.stream.finals_in_flight == 1 and h.stream.wants_final()
+    h.answer(first)
+    [merged] = h.pending  # ... and then go in one window, one encoder pass
+    assert merged.start < 2.5 * SR and merged.end > 5.0 * SR
+    h.answer(merged)
+    assert [(e.segment_id, e.text) for e in h.finals] == [(0, "a"), (1, "b c")]
+    h.finish()
+    assert h.stream.done
+
+
+def test_a_merged_final_never_spans_more_than_final_merge_seconds():
+    truth = [w for k in range(6) for w in spoken(0.5 + 2 * k, f"w{k}")]
+    h = Harness(no_partials(final_merge_seconds=4.0), truth=truth, answer_kinds=())
+    h.feed(np.concatenate([silence(0.5)] + [np.concatenate([tone(0.5), silence(1.5)]) for _ in range(6)]))
+    spans = []
+    while h.pending:
+        [job] = h.pending
+        spans.append((job.end - job.utterance_start) / SR)
+        h.answer(job)
+    assert len(spans) >= 3 and max(spans) <= 4.0
+    assert " ".join(e.text for e in h.finals) == " ".join(f"w{k}" for k in range(6))
+
+
+def test_without_merging_finals_of_consecutive_utterances_are_in_flight_together():
+    truth = spoken(0.5, "a") + spoken(2.5, "b") + spoken(4.5, "c")
+    h = Harness(no_partials(final_merge_seconds=0), truth=truth, answer_kinds=())
     h.feed(np.concatenate([silence(0.5), tone(0.5), silence(1.5), tone(0.5), silence(1.5), tone(0.5), silence(1.5)]))
     assert h.kinds() == [FINAL] * 3 and h.stream.finals_in_flight == 3
     for job in list(h.pending):
@@ -439,10 +467,11 @@ def test_queued_final_jobs_count_as_backlog():
     # A fast sender: five utterances arrive before any decode comes back.
     h = Harness(no_partials(), answer_kinds=())
     h.feed(np.concatenate([np.concatenate([tone(1.0), silence(1.0)]) for _ in range(5)]))
-    assert h.kinds() == [FINAL] * 5 and len(h.pending) == 5
-    assert h.stream.backlog_seconds >= 4 * 2.0  # their audio is not final yet, though no longer held
-    for job in list(h.pending):
-        h.answer(job)
+    assert h.kinds() == [FINAL] and len(h.pending) == 1  # one in flight; the others wait to be decoded together
+    assert h.stream.backlog_seconds >= 4 * 2.0  # their audio is not final yet
+    while h.pending:
+        h.answer(h.pending[0])
+    assert h.kinds() == [FINAL, FINAL]
     assert h.stream.backlog_seconds < 1.0
 
 
