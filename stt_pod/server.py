@@ -162,6 +162,7 @@ class PodServer:
             partial_interval=s.partial_interval_ms / 1000, max_window=s.max_window_seconds,
             final_silence=s.final_silence_ms / 1000, vad_threshold=s.vad_threshold,
             speech_pad=s.speech_pad_ms / 1000, min_speech=s.min_speech_ms / 1000, partials=start.partials,
+            partial_commits=s.partial_commits,
             context_seconds=s.context_seconds, final_merge_seconds=s.final_merge_seconds, prompt=start.prompt,
             previous_text=start.previous_text,
         )

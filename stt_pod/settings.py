@@ -41,6 +41,7 @@ class PodSettings:
     temperature_fallback: bool = setting(True, "decode again at rising temperatures a window whose text loops or is unlikely, as Whisper does")
 
     # --- streaming decoding
+    partial_commits: bool = setting(False, "words two partials in a row agree on become finals before the utterance ends (lower latency; partials hear a cut input, so it costs accuracy)")
     partial_interval_ms: int = setting(1000, "new speech between two partial decodes of a session")
     max_window_seconds: float = setting(15.0, "longest speech one decode sees; bounds cost per second")
     final_merge_seconds: float = setting(20.0, "utterances that close while their session's last final decodes are decoded together, up to this span: under load one encoder pass serves several (0: each alone)")

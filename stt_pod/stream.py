@@ -64,7 +64,8 @@ class StreamConfig:
     speech_pad: float = 0.2
     min_speech: float = 0.25
     partials: bool = True
-    partial_commits: bool = True  # words two partials agree on become finals early (else partials only show text)
+    partial_commits: bool = False  # words two partials agree on become finals early (LocalAgreement); off:
+    #                                partials only show text and every word is decided by a final
     context_seconds: float = 5.0
     final_merge_seconds: float = 20.0  # utterances that closed while the session's last final was decoding are
     #                                    decoded together, up to this span (0: each alone, all in flight at once)

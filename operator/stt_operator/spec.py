@@ -212,7 +212,7 @@ POD_SETTINGS: dict[str, type] = {
     "model": str, "device": str, "compute_type": str, "cpu_threads": int, "beam_size": int, "final_beam_size": int,
     "max_batch": int, "batch_window_ms": int, "partial_max_wait_ms": int, "encode_pad_seconds": float,
     "encode_bucket_seconds": float, "final_input_seconds": float, "partial_input_seconds": float, "prompt_tokens": int, "temperature_fallback": bool,
-    "partial_interval_ms": int, "max_window_seconds": float, "final_merge_seconds": float, "context_seconds": float, "final_silence_ms": int,
+    "partial_commits": bool, "partial_interval_ms": int, "max_window_seconds": float, "final_merge_seconds": float, "context_seconds": float, "final_silence_ms": int,
     "vad_threshold": float,
     "speech_pad_ms": int, "min_speech_ms": int,
     "max_sessions": int, "max_frame_bytes": int, "max_session_seconds": float, "max_backlog_seconds": float,

@@ -329,7 +329,7 @@ def test_no_partial_while_a_final_is_pending():
 
 def test_agreed_words_become_finals_and_the_utterance_final_does_not_repeat_them():
     texts = [f"w{i}" for i in range(12)]
-    h = Harness(StreamConfig(partial_interval=0.5), truth=spoken(1.0, *texts))
+    h = Harness(StreamConfig(partial_interval=0.5, partial_commits=True), truth=spoken(1.0, *texts))
     h.feed(np.concatenate([silence(1), tone(5), silence(1.5)]))
     h.finish()
     final_job_at = h.kinds().index(FINAL)
@@ -342,10 +342,22 @@ def test_agreed_words_become_finals_and_the_utterance_final_does_not_repeat_them
         assert b.start >= a.end
 
 
+def test_without_partial_commits_partials_show_the_whole_open_utterance_and_its_final_says_every_word():
+    texts = [f"w{i}" for i in range(12)]
+    h = Harness(StreamConfig(partial_interval=0.5), truth=spoken(1.0, *texts))
+    h.feed(np.concatenate([silence(1), tone(5)]))
+    assert h.partials and not h.finals  # no word is final before the utterance closes
+    shown = [e.text.split() for e in h.partials]
+    assert all(words == texts[: len(words)] for words in shown)  # always from the utterance's first word
+    h.feed(silence(1.5))
+    h.finish()
+    assert len(h.finals) == 1 and h.final_words() == texts
+
+
 def test_partial_events_show_what_follows_the_committed_words():
     texts = [f"w{i}" for i in range(8)]
     truth = spoken(1.0, *texts)
-    h = Harness(StreamConfig(partial_interval=0.5), truth=truth)
+    h = Harness(StreamConfig(partial_interval=0.5, partial_commits=True), truth=truth)
     h.feed(np.concatenate([silence(1), tone(3.5)]))
     assert h.partials and h.finals
     committed: list[str] = []
@@ -490,7 +502,7 @@ def test_long_speech_says_no_word_twice_and_keeps_their_order():
 
 
 def test_agreed_final_latency_is_from_the_arrival_of_its_last_word():
-    h = Harness(truth=spoken(1.0, "a", "b", "c", "d", "e", "f"), answer_kinds=())
+    h = Harness(StreamConfig(partial_commits=True), truth=spoken(1.0, "a", "b", "c", "d", "e", "f"), answer_kinds=())
     h.feed(np.concatenate([silence(1), tone(1.0)]))  # the first partial: a second into speech, at 2.0 s
     [first] = h.pending
     assert first.end == int(2.0 * SR)
