@@ -7,13 +7,17 @@ when, and turns decode results into partials and finals:
 - a closed utterance (speech, then `final_silence_ms` of quiet) becomes a
   *final* job over just that utterance;
 - while speech goes on, every `partial_interval_ms` of new audio becomes a
-  *partial* job over the open utterance; LocalAgreement-2 commits the words two
-  consecutive partials agree on as finals, and the rest is shown as the partial;
+  *partial* job over the open utterance, shown as the partial. Partials hear
+  a cut encoder input (the engine's), so by default they only show text and
+  finals decide every word; with `partial_commits`, LocalAgreement-2 commits
+  the words two consecutive partials agree on as finals (lower latency, more
+  errors: docs/benchmarks.md);
 - windows always start at their utterance's start, not at the last committed
   word: Whisper hears a sentence much better from its beginning, and words
   already committed are recognised by their time and dropped;
-- context: a window also holds up to `context_seconds` of the audio before its
-  utterance, and carries the session's final text from before that audio
+- context: a final's window also holds up to `context_seconds` of the audio
+  before its utterance (a partial's only with `partial_context`), and every
+  window carries the session's final text from before its audio
   (`Job.previous`, the decoder's prompt) and its own `prompt`. Whisper is
   trained on speech in its context; an utterance heard alone loses words;
 - the speech in a window never exceeds `max_window_seconds` (the segmenter
@@ -27,8 +31,9 @@ meanwhile wait and are decoded together in one window (up to
 `final_merge_seconds`), so a loaded pod spends one encoder pass on several
 utterances of a session instead of one each, and a fast upload goes through
 in long windows, as offline decoding reads a file. With
-`final_merge_seconds` 0, each utterance is its own final, all in flight at once. It knows no sockets and no clock:
-callers pass the wall time in, so tests drive it directly.
+`final_merge_seconds` 0, each utterance is its own final, all in flight at once.
+It knows no sockets and no clock: callers pass the wall time in, so tests
+drive it directly.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class StreamConfig:
     partial_commits: bool = False  # words two partials agree on become finals early (LocalAgreement); off:
     #                                partials only show text and every word is decided by a final
     context_seconds: float = 5.0
+    partial_context: bool = False  # partials hear the context audio too (they only show text: cheaper without)
     final_merge_seconds: float = 20.0  # utterances that closed while the session's last final was decoding are
     #                                    decoded together, up to this span (0: each alone, all in flight at once)
     prompt: str = ""  # the session's initial prompt / hotwords, before every window
@@ -228,7 +234,8 @@ class SessionStream:
         before the window is its prompt.
         """
         own = max(start, self._buffer_start)
-        lower = max(own - self._context, self._buffer_start) / SR
+        context = self._context if kind == FINAL or self.config.partial_context else 0
+        lower = max(own - context, self._buffer_start) / SR
         history = list(self._history)
         first = next((i for i, w in enumerate(history) if w.start >= lower), len(history))
         before, inside = history[:first], history[first:]
