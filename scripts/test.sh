@@ -3,6 +3,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test || exit 1
+# Lint the product code first (ruff's rules: pyproject.toml): seconds, and a clear failure before the long tiers.
+.venv/bin/ruff check voxfleet stt_pod router/stt_router operator/stt_operator || exit 1
 # The e2e tier's control plane, built from Go modules once per machine (cached; a warm run takes a
 # second), when the run includes that tier: all tests, or a path naming tests/e2e.
 if [[ -z "${VOXFLEET_K8S_BIN:-}" ]] && { [[ $# -eq 0 ]] || [[ "$*" == *e2e* ]]; }; then

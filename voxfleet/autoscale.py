@@ -240,7 +240,7 @@ def _window(history: list[tuple[float, int]], now: float, seconds: float) -> lis
     """Recommendations in force at some moment of [now - seconds, now]."""
     start = now - seconds
     values = []
-    for i, (since, value) in enumerate(history):
+    for i, (_since, value) in enumerate(history):
         until = history[i + 1][0] if i + 1 < len(history) else math.inf
         if until > start or i + 1 == len(history):
             values.append(value)
