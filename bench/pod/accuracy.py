@@ -210,8 +210,8 @@ def plot(summary: dict, path: Path) -> None:
 def write_docs(summary: dict, plot_path: Path | None) -> None:
     m = summary["machine"]
     start, end = markers(SECTION)
-    rows = [f"| {r['variant']} | {r['concurrent']} | {100 * r['wer']:.1f} | {100 * (r['wer'] - summary['offline_wer']):+.1f} |"
-            for r in summary["results"]]
+    rows = [f"| {r['variant']} | {r['concurrent']} | {100 * r['wer']:.1f} | {100 * (r['wer'] - summary['offline_wer']):+.1f} "
+            f"| {r['cpu_per_audio_second']:.3f} |" for r in summary["results"]]
     lines = [
         start,
         "### Streaming accuracy against offline decoding, recordings of people",
@@ -227,9 +227,11 @@ def write_docs(summary: dict, plot_path: Path | None) -> None:
         "shifts average that luck out)",
         f"- Machine: {m['nproc']} x {m['cpu_model']}; date {summary['date']}; git {summary['git'].get('commit', '?')[:12]}",
         f"- Command: `{summary['command']}`",
+        "- Model CPU: CPU seconds (all threads) of the model's calls per second of audio, every partial decoded "
+        "(a loaded pod drops late partials, so this is the most a stream costs)",
         "",
-        "| variant | N | WER % | vs offline, points |",
-        "|---|---:|---:|---:|",
+        "| variant | N | WER % | vs offline, points | model CPU s per audio s |",
+        "|---|---:|---:|---:|---:|",
         *rows,
     ]
     if plot_path:
