@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -228,6 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except ValueError as exc:  # bad settings from the environment
-        print(f"voxfleet: {exc}", file=sys.stderr)
+    except ValueError as exc:  # bad settings, from a flag or the environment
+        print(f"voxfleet: {_naming_the_variable(str(exc), args.command)}", file=sys.stderr)
         return 2
+
+
+def _naming_the_variable(message: str, command: str) -> str:
+    """A message about `--some-flag` also names the environment variable that sets it."""
+    from stt_pod.settings import ENV_PREFIX as POD_PREFIX
+    from stt_router.settings import ENV_PREFIX as ROUTER_PREFIX
+
+    prefix = {"pod": POD_PREFIX, "router": ROUTER_PREFIX}.get(command)
+    flag = re.match(r"--([a-z0-9-]+)", message)
+    if prefix is None or flag is None:
+        return message
+    return f"{message} (set by --{flag[1]} or {prefix}{flag[1].upper().replace('-', '_')})"

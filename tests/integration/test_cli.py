@@ -108,3 +108,9 @@ def test_demo_on_a_busy_port_says_so_instead_of_using_whoever_holds_it():
         done = voxfleet("demo", "--port", str(taken.getsockname()[1]), "--pods", "1", timeout=120)
     assert done.returncode == 1 and "in use" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not done.stdout.strip()  # nothing was transcribed
+
+
+def test_an_invalid_setting_names_its_flag_and_its_environment_variable():
+    done = voxfleet("pod", "--max-sessions", "-1")
+    assert done.returncode == 2 and "--max-sessions" in done.stderr and "VOXFLEET_POD_MAX_SESSIONS" in done.stderr
+    assert "Traceback" not in done.stderr
