@@ -235,6 +235,10 @@ class WhisperEngine:
         self.fallbacks = 0  # windows decoded again at a higher temperature (a counter, for benchmarks)
         self.name = config.model
 
+    def transcribes(self, language: str | None) -> bool:
+        """Whether a session asking for `language` (None: any) gets it: the pod decodes in one language."""
+        return language is None or language.strip().lower() == self.config.language
+
     def window_frames(self, samples: int, least_seconds: float = 0.0) -> int:
         """Encoder input length for a window of `samples`, bucketed, at least `least_seconds` (30: Whisper's own)."""
         bucket = self.config.encode_bucket_seconds

@@ -158,6 +158,11 @@ class PodServer:
     def open_session(self, start: p.Start, protocol: str) -> Session:
         self.admit()
         s = self.settings
+        if not self.engine.transcribes(start.language):
+            kind = "multilingual" if self.engine.model.model.is_multilingual else "English-only"
+            raise ProtocolError(ErrorCode.UNSUPPORTED_LANGUAGE,
+                                f"this pod transcribes {self.engine.config.language!r} only (model {s.model}, "
+                                f"{kind}); it cannot transcribe {start.language!r}", CloseCode.UNSUPPORTED)
         config = StreamConfig(
             partial_interval=s.partial_interval_ms / 1000, max_window=s.max_window_seconds,
             final_silence=s.final_silence_ms / 1000, vad_threshold=s.vad_threshold,

@@ -73,6 +73,7 @@ class ErrorCode:
     UNKNOWN_MESSAGE = "unknown_message"
     AUDIO_BEFORE_START = "audio_before_start"
     UNSUPPORTED_AUDIO = "unsupported_audio"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"  # a language the pod's model does not transcribe (1003)
     BAD_FRAME = "bad_frame"
     FRAME_TOO_LARGE = "frame_too_large"
     FULL = "full"

@@ -66,6 +66,7 @@ async def test_bad_first_messages_get_errors_and_close_codes(small_frames_pod):
         (start(sample_rate=1000), ErrorCode.UNSUPPORTED_AUDIO, CloseCode.UNSUPPORTED),
         (start(encoding="mp3"), ErrorCode.UNSUPPORTED_AUDIO, CloseCode.UNSUPPORTED),
         (start(channels=0), ErrorCode.UNSUPPORTED_AUDIO, CloseCode.UNSUPPORTED),
+        (start(language="fr"), ErrorCode.UNSUPPORTED_LANGUAGE, CloseCode.UNSUPPORTED),  # tiny.en is English-only
         (start(priority="urgent"), ErrorCode.BAD_MESSAGE, CloseCode.POLICY),
         (start(sample_rate="16000"), ErrorCode.BAD_MESSAGE, CloseCode.POLICY),
         (json.dumps({"type": "end"}), ErrorCode.BAD_MESSAGE, CloseCode.POLICY),
