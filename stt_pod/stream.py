@@ -72,6 +72,7 @@ class StreamConfig:
     partial_commits: bool = False  # words two partials agree on become finals early (LocalAgreement); off:
     #                                partials only show text and every word is decided by a final
     context_seconds: float = 5.0
+    hear_context: bool = True  # a final keeps words it heard in its context audio after the last final word
     partial_context: bool = False  # partials hear the context audio too (they only show text: cheaper without)
     final_merge_seconds: float = 20.0  # utterances that closed while the session's last final was decoding are
     #                                    decoded together, up to this span (0: each alone, all in flight at once)
@@ -307,8 +308,13 @@ class SessionStream:
                 events.append(PartialEvent(text, start, tentative[-1].end if tentative else start))
             return events
         self.finals_in_flight -= 1
+        since = self.committed / SR
+        if self.config.hear_context and not self.finals_in_flight:
+            # Whisper, not the VAD, decides what in the context audio is speech: words it heard
+            # after the last final word (whispers, falsetto the VAD missed) are new, not silence.
+            since = min(since, max(job.start / SR, self._last_final_end))
         fresh = self.agreement.fresh(
-            [w.shifted(job.offset) for w in (words or [])], self.committed / SR,
+            [w.shifted(job.offset) for w in (words or [])], since,
             job.utterance_start < self.committed and not job.overlaps_finals
         )
         # Commit to the end of the speech, not of the pad: after a forced split the
@@ -321,6 +327,10 @@ class SessionStream:
             return []
         self.agreement.commit(fresh)
         return [self._final(fresh, now)]
+
+    @property
+    def _last_final_end(self) -> float:
+        return self._history[-1].end if self._history else 0.0
 
     def _final(self, words: list[Word], now: float) -> FinalEvent:
         self._history.extend(words)

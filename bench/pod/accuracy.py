@@ -15,6 +15,7 @@ can be A/B'd in one run: `--variants "default;context_seconds=0;prompt_tokens=0"
     python bench/pod/accuracy.py                          # all English dev-set clips, 1 and 8 streams
     python bench/pod/accuracy.py --concurrent 1 --variants "default;context_seconds=0,prompt_tokens=0"
     python bench/pod/accuracy.py --docs --plot docs/img/pod-accuracy.png   # the table in docs/benchmarks.md
+    python bench/pod/accuracy.py --variants "default;partial_commits=true@8"   # @N: that variant at N only
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ SR = 16000
 
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'default' or 'key=value,key=value' over StreamConfig and EngineConfig fields."""
-    spec = spec.strip()
+    spec = spec.strip().split("@", 1)[0]
     if spec in ("", "default"):
         return "default", {}
     out = {}
@@ -71,6 +72,26 @@ def split_overrides(overrides: dict) -> tuple[dict, dict]:
         raise SystemExit(f"unknown settings: {', '.join(sorted(unknown))}")
     return ({k: v for k, v in overrides.items() if k in stream_fields},
             {k: v for k, v in overrides.items() if k in engine_fields})
+
+
+JOIN_GAP_SECONDS = 0.8
+
+
+def join_clips(selected: list[Clip], k: int) -> list[Clip]:
+    """Every k consecutive clips as one recording (written to a temporary folder), 0.8 s of silence apart."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="voxfleet-joined-"))
+    gap = np.zeros(int(JOIN_GAP_SECONDS * SR), dtype=np.float32)
+    joined = []
+    for i in range(0, len(selected), k):
+        group = selected[i : i + k]
+        audio = np.concatenate([part for c in group for part in (sf.read(str(c.path), dtype="float32")[0], gap)])
+        path = folder / f"joined{i // k:02d}.wav"
+        sf.write(str(path), audio, SR, subtype="PCM_16")
+        joined.append(dataclasses.replace(group[0], name=path.stem, path=path, text=" ".join(c.text for c in group),
+                                          seconds=len(audio) / SR))
+    return joined
 
 
 def stream_group(engine: WhisperEngine, config: StreamConfig, group: list[Clip], max_batch: int,
@@ -145,6 +166,9 @@ def main() -> None:
                     help="seconds of silence before each clip, comma-separated: every clip is streamed once per "
                          "shift, so windows fall in other places and the WER is less one boundary's luck "
                          "(e.g. 0,0.13,0.29)")
+    ap.add_argument("--join", type=int, default=1,
+                    help="stream every JOIN consecutive clips as one recording, 0.8 s apart (a conversation: "
+                         "speech the VAD misses sits between utterances it hears)")
     ap.add_argument("--show", action="store_true", help="print each clip's transcripts")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--docs", action="store_true", help="write the table into docs/benchmarks.md")
@@ -153,6 +177,8 @@ def main() -> None:
     command = shlex.join(["python", "bench/pod/accuracy.py", *sys.argv[1:]])
 
     selected = clips(*[n for n in args.clips.split(",") if n])
+    if args.join > 1:
+        selected = join_clips(selected, args.join)
     shifts = [float(x) for x in args.shifts.split(",")]
     refs = [c.text for c in selected]
     words = sum(c.words for c in selected)
@@ -168,7 +194,8 @@ def main() -> None:
     cache: dict = {}
     for spec in args.variants.split(";"):
         name, overrides = parse_variant(spec)
-        for n in [int(x) for x in args.concurrent.split(",")]:
+        only = spec.split("@", 1)[1] if "@" in spec else args.concurrent  # "setting=value@8": N=8 only
+        for n in [int(x) for x in only.split(",")]:
             r = run_variant(cache, name, overrides, selected, n, args.max_batch, shifts)
             results.append(r)
             print(f"{name:40s} N={n:<3d} WER {r['wer']:.4f} (offline {offline_wer:.4f}, "
