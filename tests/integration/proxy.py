@@ -25,6 +25,12 @@ class CuttingProxy:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
+    async def cut_after(self, *delays: float) -> None:
+        """Cut every connection after each delay in turn (seconds, each from the cut before)."""
+        for delay in delays:
+            await asyncio.sleep(delay)
+            self.cut()
+
     def cut(self) -> None:
         """Drop every open connection without a close handshake (TCP reset)."""
         for a, b in self._pairs:

@@ -50,12 +50,7 @@ async def test_live_audio_in_chunks_of_any_size_gives_the_words(pod):
 async def test_live_audio_survives_connection_loss_without_losing_or_repeating_a_frame(pod_factory):
     pod = pod_factory()
     async with CuttingProxy(pod.port) as proxy:
-        async def cut_twice():
-            for delay in (3.0, 4.0):
-                await asyncio.sleep(delay)
-                proxy.cut()
-
-        cutter = asyncio.create_task(cut_twice())
+        cutter = asyncio.create_task(proxy.cut_after(3.0, 4.0))
         live = LiveAudio(AudioFormat(16000, "pcm16", 1), live_chunks(pcm16(LONG_CLIP), seed=2))
         results = [r async for r in transcribe(proxy.url, live, backoff=0.1) if r.final]
         await cutter

@@ -32,12 +32,7 @@ async def test_resume_after_connection_loss_loses_and_repeats_nothing(pod_factor
     pod = pod_factory("--token-secret", SECRET)
     [clip] = clips(RESUME_CLIP)
     async with CuttingProxy(pod.port) as proxy:
-        async def cut_twice():
-            for delay in (3.0, 4.0):
-                await asyncio.sleep(delay)
-                proxy.cut()
-
-        cutter = asyncio.create_task(cut_twice())
+        cutter = asyncio.create_task(proxy.cut_after(3.0, 4.0))
         results = [r async for r in transcribe(proxy.url, clip.path, realtime=True, backoff=0.1)]
         await cutter
         assert proxy.connections >= 3, "the connection was never cut"
