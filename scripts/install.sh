@@ -23,7 +23,8 @@ export PIP_CONSTRAINT="$PWD/constraints.txt"
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".${extras}"
+# setuptools says, at length, that an editable install's folders shadow same-named ones: known, and quiet here.
+PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" .venv/bin/python -m pip install -q -e ".${extras}"
 if [[ -n "$extras" ]]; then
   bash scripts/install-whisperlive-client.sh .venv/bin/python  # the real client, for compatibility tests
   bash scripts/install-prometheus.sh >/dev/null                 # a real Prometheus, for the autoscaler tests
