@@ -91,7 +91,8 @@ class _Frames:
 
     def __init__(self, audio: Audio | LiveAudio):
         self.format = audio.format
-        self._frames: dict[int, bytes] = {}
+        self._frames: dict[int, bytes] = {}  # not yet acknowledged, from `_oldest` on
+        self._oldest = 0
         self.count = 0
         self.complete = False
         self.error: BaseException | None = None
@@ -136,8 +137,9 @@ class _Frames:
 
     def acknowledged(self, seq: int) -> None:
         """The server has frames up to `seq`: a resume will never ask for them again."""
-        for old in [k for k in self._frames if k <= seq]:
-            del self._frames[old]
+        while self._oldest <= min(seq, self.count - 1):
+            del self._frames[self._oldest]
+            self._oldest += 1
 
     def close(self) -> None:
         if self._reader is not None:
