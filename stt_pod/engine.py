@@ -258,7 +258,7 @@ class WhisperEngine:
         if not windows:
             return []
         tokens = [self.prompt_tokens(w) for w in windows]
-        groups: dict[tuple[bool, bool, int], list[int]] = {}
+        groups: dict[tuple[bool, int], list[int]] = {}  # (final, prompt length) -> windows
         for i, (own, previous) in enumerate(tokens):
             length = prompt_group(len(own) + len(previous), MAX_PROMPT_TOKENS)
             groups.setdefault((windows[i].final, length), []).append(i)
