@@ -72,12 +72,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         check_url(args.url)
         audio = args.file
         if str(args.file) == "-":
-            if getattr(args, "rate", 16000) <= 0 or getattr(args, "channels", 1) <= 0:
+            if args.rate <= 0 or args.channels <= 0:
                 raise ValueError("--rate and --channels must be positive")
             audio = stdin_audio(AudioFormat(args.rate, args.encoding, args.channels))
         async for result in transcribe(args.url, audio, realtime=args.realtime, partials=args.partials,
                                        language=args.language, priority=args.priority,
-                                       api_key=getattr(args, "api_key", None) or None):
+                                       api_key=args.api_key or None):
             if result.final:
                 if args.partials and live_line:
                     print("\r\033[K", end="", file=sys.stderr)
