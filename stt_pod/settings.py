@@ -82,8 +82,9 @@ class PodSettings:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")
         for name in ("final_input_seconds", "partial_input_seconds"):
-            if getattr(self, name) > 30:
-                raise ValueError(f"--{name.replace('_', '-')} must be at most Whisper's 30 s, not {getattr(self, name)}")
+            if getattr(self, name) > WHISPER_INPUT_SECONDS:
+                raise ValueError(f"--{name.replace('_', '-')} must be at most Whisper's {WHISPER_INPUT_SECONDS} s, "
+                                 f"not {getattr(self, name)}")
         if not 0 < self.vad_threshold < 1:
             raise ValueError(f"--vad-threshold must lie between 0 and 1, not {self.vad_threshold}")
         span = max(self.final_merge_seconds, self.max_window_seconds + 2 * self.speech_pad_ms / 1000)

@@ -57,6 +57,11 @@ class TranscriptionError(Exception):
         self.close_code = close_code
 
 
+def frame_bytes(audio_format: AudioFormat, seconds: float = FRAME_SECONDS) -> int:
+    """Bytes of one binary frame of `seconds` of audio: whole samples of every channel."""
+    return max(1, int(audio_format.sample_rate * seconds)) * audio_format.bytes_per_frame
+
+
 @dataclass
 class Audio:
     """Audio as it goes on the wire: its format and its raw little-endian bytes."""
@@ -69,7 +74,7 @@ class Audio:
         return self.format.seconds(len(self.data))
 
     def frames(self, seconds: float = FRAME_SECONDS) -> list[bytes]:
-        step = max(1, int(self.format.sample_rate * seconds)) * self.format.bytes_per_frame
+        step = frame_bytes(self.format, seconds)
         return [self.data[i : i + step] for i in range(0, len(self.data), step)]
 
 
@@ -111,7 +116,7 @@ class _Frames:
         self._changed.set()
 
     async def _read(self, chunks: AsyncIterable[bytes]) -> None:
-        step = max(1, int(self.format.sample_rate * FRAME_SECONDS)) * self.format.bytes_per_frame
+        step = frame_bytes(self.format)
         pending = b""
         try:
             async for chunk in chunks:
