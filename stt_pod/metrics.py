@@ -16,6 +16,9 @@ PROTOCOLS = ("native", "whisperlive")
 """Values of the `protocol` label (stt_pod.native, stt_pod.whisperlive)."""
 
 
+FILE_OUTCOMES = ("done", "refused", "failed", "client_gone")
+
+
 class PodMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -42,6 +45,12 @@ class PodMetrics:
         # Gaps, not frames: one sequence number jumping to 2**32 - 1 would otherwise count four billion.
         self.frames_gap = Counter(p + "frame_gaps_total", "Gaps in a session's frame sequence, skipped (each gap once, however long)", registry=r)
         self.resumes = Counter(p + "resumes_total", "Sessions resumed after a dropped connection", registry=r)
+        # The file lane; its windows' waits and audio are the scheduler's series with kind="file".
+        self.file_jobs_active = Gauge(p + "file_jobs_active", "Uploaded files being transcribed", registry=r)
+        self.file_jobs = Counter(p + "file_jobs_total", "Uploaded files, by how they ended (done, refused, failed, client_gone)", ["reason"], registry=r)
+        for outcome in FILE_OUTCOMES:
+            self.file_jobs.labels(outcome)
+        self.file_audio_seconds = Counter(p + "file_audio_seconds_total", "Seconds of audio in uploaded files accepted", registry=r)
         self.model_load_seconds = Gauge(p + "model_load_seconds", "Seconds to load and warm the model", registry=r)
         self.ready = Gauge(p + "ready", "1 when the model is warm and the pod admits sessions", registry=r)
         self.draining = Gauge(p + "draining", "1 while the pod drains before shutdown", registry=r)

@@ -6,14 +6,17 @@ call), picks a batch with `pick_batch`, and runs it on the one model in a
 worker thread while the event loop keeps serving sockets.
 
 The policy is pure and lives in `pick_batch`:
-- finals before partials, then session priority (high, normal, low), then
+- finals before partials before file windows, then session priority (high, normal, low), then
   sessions in turn: each session's oldest job before any session's second, so
   one session with a backlog (a fast sender) never takes the whole model
   from the others in its class; then arrival;
 - at most `max_batch` jobs per call (1 is the unbatched baseline);
 - a session has at most one queued partial: a newer one replaces it;
 - a partial that waited longer than `partial_max_wait` is dropped, so under
-  overload partials go first and finals keep their pace.
+  overload partials go first and finals keep their pace;
+- file windows take only the slots live jobs leave, and at most `max_file`
+  of them while live sessions are open: a file-only batch holds the model
+  for its whole length, and a final that arrives meanwhile waits for it.
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
-from stt_pod.stream import FINAL, PARTIAL, Job
+from stt_pod.stream import FILE, FINAL, PARTIAL, Job
 from stt_pod.words import Word
 from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
 
 log = logging.getLogger(__name__)
 
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
-KIND_RANK = {FINAL: 0, PARTIAL: 1}
+KIND_RANK = {FINAL: 0, PARTIAL: 1, FILE: 2}
 
 Decode = Callable[[list[Job]], list[list[Word]]]
 """The engine's decode: each job's words (a job is a `stt_pod.engine.Window`)."""
@@ -53,8 +56,9 @@ class Pending:
         return KIND_RANK[self.job.kind], PRIORITY_RANK[self.priority], self.arrival
 
 
-def pick_batch(queue: list[Pending], max_batch: int, now: float, partial_max_wait: float) -> tuple[list[Pending], list[Pending], list[Pending]]:
-    """Split the queue into (batch to run now, stale partials to drop, the rest)."""
+def pick_batch(queue: list[Pending], max_batch: int, now: float, partial_max_wait: float,
+               max_file: int | None = None) -> tuple[list[Pending], list[Pending], list[Pending]]:
+    """Split the queue into (batch to run now, stale partials to drop, the rest); at most `max_file` file windows."""
     stale = [p for p in queue if p.job.kind == PARTIAL and now - p.enqueued > partial_max_wait]
     live = sorted((p for p in queue if p not in stale), key=lambda p: p.order)
     turns: dict[tuple, int] = {}  # jobs each session already has ahead in its kind and priority class
@@ -66,7 +70,12 @@ def pick_batch(queue: list[Pending], max_batch: int, now: float, partial_max_wai
         ranked.append(((p.order[0], p.order[1], turn, p.arrival), p))
     ranked.sort(key=lambda item: item[0])
     fair = [p for _, p in ranked]
-    return fair[:max_batch], stale, fair[max_batch:]
+    batch = fair[:max_batch]
+    if max_file is not None:
+        files = [p for p in batch if p.job.kind == FILE]
+        if len(files) > max_file:
+            batch = batch[: len(batch) - len(files) + max_file]  # file windows rank last: trim from the end
+    return batch, stale, fair[len(batch):]
 
 
 class SchedulerClosed(Exception):
@@ -75,9 +84,12 @@ class SchedulerClosed(Exception):
 
 class BatchScheduler:
     def __init__(self, decode: Decode, max_batch: int = 8, batch_window: float = 0.025,
-                 partial_max_wait: float = 1.5, metrics=None, clock: Callable[[], float] = time.monotonic):
+                 partial_max_wait: float = 1.5, metrics=None, clock: Callable[[], float] = time.monotonic,
+                 file_batch_with_live: int = 1):
         self._decode = decode
         self.max_batch = max(1, max_batch)
+        self.file_batch_with_live = file_batch_with_live
+        self.live_sessions = 0  # open live sessions (the pod keeps this current): file windows yield to them
         self.batch_window = batch_window
         self.partial_max_wait = partial_max_wait
         self._metrics = metrics
@@ -159,7 +171,8 @@ class BatchScheduler:
                 if self.batch_window > 0:
                     await asyncio.sleep(self.batch_window)  # let near-simultaneous jobs join
             now = self._clock()
-            batch, stale, rest = pick_batch(self._queue, self.max_batch, now, self.partial_max_wait)
+            max_file = self.file_batch_with_live if self.live_sessions else None
+            batch, stale, rest = pick_batch(self._queue, self.max_batch, now, self.partial_max_wait, max_file)
             for p in stale:
                 self._drop(p, "stale")
             self._queue = rest

@@ -18,12 +18,14 @@ import signal
 import socket
 import time
 
+from aiohttp import web
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from stt_pod import native, whisperlive
 from stt_pod.engine import EngineConfig, WhisperEngine
+from stt_pod.file_api import FileApi
 from stt_pod.metrics import PodMetrics
 from stt_pod.scheduler import BatchScheduler
 from stt_pod.session import Session
@@ -32,6 +34,7 @@ from stt_pod.stream import SessionStream, StreamConfig
 from stt_pod.vad import StreamingVad
 from voxfleet import protocol as p
 from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, refuse_malformed, respond, ws_urls
+from voxfleet.handoff import handoff_connection
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
 from voxfleet.tokens import InvalidToken, TokenSigner
 
@@ -58,14 +61,19 @@ class PodServer:
         self.ready = False
         self.draining = False
         self.server: Server | None = None
+        self.files = FileApi(self)
+        self._http: web.AppRunner | None = None
         self._stopped = asyncio.Event()
 
     # --- lifecycle
 
     async def start(self) -> None:
         s = self.settings
+        self._http = web.AppRunner(self.files.app(), handler_cancellation=True, access_log=None)
+        await self._http.setup()
         self.server = await serve(
             self._handle, s.host, s.port,
+            create_connection=handoff_connection(self._http.server),
             process_request=self._process_request,
             max_size=s.max_frame_bytes,
             ping_interval=20, ping_timeout=20,
@@ -83,7 +91,8 @@ class PodServer:
         warm = await asyncio.to_thread(self.engine.warm_up)
         self.metrics.model_load_seconds.set(time.monotonic() - started)
         self.scheduler = BatchScheduler(
-            self.engine.decode, s.max_batch, s.batch_window_ms / 1000, s.partial_max_wait_ms / 1000, self.metrics
+            self.engine.decode, s.max_batch, s.batch_window_ms / 1000, s.partial_max_wait_ms / 1000, self.metrics,
+            file_batch_with_live=s.file_batch_with_live,
         )
         self.scheduler.start()
         self.ready = True
@@ -113,11 +122,11 @@ class PodServer:
             asyncio.get_running_loop().create_task(self._close_all())
 
     async def drain(self) -> None:
-        """Stop admitting, let sessions finish (bounded), flush the rest, stop."""
+        """Stop admitting, let sessions and file jobs finish (bounded), flush the rest, stop."""
         self.draining = True
         self.metrics.draining.set(1)
         deadline = time.monotonic() + self.settings.drain_timeout_seconds
-        while self.sessions and time.monotonic() < deadline and not self._stopped.is_set():
+        while (self.sessions or self.files.active) and time.monotonic() < deadline and not self._stopped.is_set():
             await asyncio.sleep(0.2)
         await self._close_all()
 
@@ -140,6 +149,8 @@ class PodServer:
         if self.server:
             self.server.close()
             await self.server.wait_closed()
+        if self._http:
+            await self._http.cleanup()
         if self.scheduler:
             await self.scheduler.stop()
         self._stopped.set()
@@ -174,6 +185,7 @@ class PodServer:
         stream = SessionStream(config, StreamingVad().feed)
         session = Session(start, stream, self.scheduler, self.metrics, s.max_reorder_frames, protocol)
         self.sessions[session.id] = session
+        self.scheduler.live_sessions = len(self.sessions)
         self.metrics.sessions_total.labels(protocol).inc()
         self.metrics.sessions_active.set(len(self.sessions))
         log.info("session %s opened (%s, %s, %d Hz %s x%d)", session.id, protocol, start.priority,
@@ -226,6 +238,8 @@ class PodServer:
             log.info("session %s closed: %.1f s audio, %d finals", session.id, session.audio_seconds,
                      session.stream.next_segment_id)
         self.metrics.sessions_active.set(len(self.sessions))
+        if self.scheduler:
+            self.scheduler.live_sessions = len(self.sessions)
 
     # --- connections
 
@@ -263,6 +277,9 @@ class PodServer:
             "active_sessions": len(self.sessions),
             "free_slots": max(0, self.settings.max_sessions - len(self.sessions)) if not self.draining else 0,
             "queue_length": self.scheduler.queue_length if self.scheduler else 0,
+            "file_capacity": self.settings.max_file_jobs,
+            "file_jobs": self.files.active,
+            "file_free": max(0, self.settings.max_file_jobs - self.files.active) if self.ready and not self.draining else 0,
             "model": self.settings.model,
             "device": self.settings.device,
             "max_batch": self.settings.max_batch,

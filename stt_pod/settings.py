@@ -60,6 +60,12 @@ class PodSettings:
     start_timeout_seconds: float = setting(10.0, "time a new connection has to send its first message")
     idle_timeout_seconds: float = setting(60.0, "a session that sends nothing this long is finished and closed")
 
+    # --- the file lane (POST /v1/audio/transcriptions)
+    max_file_jobs: int = setting(16, "uploaded files transcribed at once; more get 429 (the router queues them)")
+    max_upload_bytes: int = setting(25 << 20, "largest uploaded file (OpenAI's own limit is 25 MB); larger gets 413")
+    max_file_seconds: float = setting(3 * 3600.0, "longest audio in one uploaded file; longer gets 413")
+    file_batch_with_live: int = setting(1, "file windows in one model call while live sessions are open (the rest of the batch is theirs; with none open, files fill whole batches)")
+
     # --- lifecycle
     resume_grace_seconds: float = setting(30.0, "how long a dropped session waits for its client to resume")
     drain_timeout_seconds: float = setting(300.0, "on SIGTERM, how long active sessions may continue")
@@ -68,7 +74,7 @@ class PodSettings:
 
     def validate(self) -> None:
         """Raise ValueError, naming the flag, when the settings cannot make a working pod."""
-        positive = ("max_sessions", "max_frame_bytes", "max_session_seconds", "max_backlog_seconds", "max_batch",
+        positive = ("max_sessions", "max_file_jobs", "max_upload_bytes", "max_file_seconds", "max_frame_bytes", "max_session_seconds", "max_backlog_seconds", "max_batch",
                     "max_window_seconds", "beam_size", "final_beam_size", "partial_interval_ms",
                     "final_silence_ms", "start_timeout_seconds", "idle_timeout_seconds", "encode_bucket_seconds")
         for name in positive:
@@ -77,7 +83,7 @@ class PodSettings:
         not_negative = ("context_seconds", "prompt_tokens", "speech_pad_ms", "min_speech_ms", "encode_pad_seconds",
                         "batch_window_ms", "partial_max_wait_ms", "resume_grace_seconds", "drain_timeout_seconds",
                         "max_reorder_frames", "cpu_threads", "final_input_seconds", "partial_input_seconds",
-                        "final_merge_seconds")
+                        "final_merge_seconds", "file_batch_with_live")
         for name in not_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")

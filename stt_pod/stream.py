@@ -52,6 +52,7 @@ from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
 
 FINAL = "final"
 PARTIAL = "partial"
+FILE = "file"  # a window of an uploaded file (stt_pod.files): decoded like a final, after all live work
 
 MAX_HISTORY_WORDS = 150
 """Final words kept for the prompt: more than the engine's token budget can use."""

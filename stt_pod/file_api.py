@@ -1,0 +1,162 @@
+"""`POST /v1/audio/transcriptions` on a pod: OpenAI's file transcription API over the file lane.
+
+The form fields are OpenAI's: `file`, `model` (any name: the pod answers
+with its own model), `language`, `prompt`, `temperature` (accepted; the pod
+decodes at 0 with Whisper's temperature fallback, as faster-whisper does),
+`response_format`, `timestamp_granularities[]` and `stream`. Refusals use
+OpenAI's error document: 400 for a form or file that cannot be used, 413 over
+the upload or duration limit, 429 when `max_file_jobs` are running, 503 while
+loading or draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from stt_pod.files import decode_upload, speech_windows, transcribe_windows
+from voxfleet import openai_audio as oa
+from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
+
+if TYPE_CHECKING:
+    from stt_pod.server import PodServer
+
+log = logging.getLogger(__name__)
+
+FORM_OVERHEAD_BYTES = 64 << 10
+"""Room for the form's other fields and multipart headers beside the file itself."""
+
+
+def error_response(exc: oa.RequestError) -> web.Response:
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    return web.Response(status=exc.status, body=exc.body(), content_type="application/json", headers=headers)
+
+
+class FileApi:
+    def __init__(self, pod: "PodServer"):
+        self.pod = pod
+        self.active = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.pod.settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
+        app.router.add_post(oa.TRANSCRIPTIONS_PATH, self.transcriptions)
+        return app
+
+    async def transcriptions(self, request: web.Request) -> web.StreamResponse:
+        metrics = self.pod.metrics
+        try:
+            self._admit()
+            form = await read_form(request, self.pod.settings.max_upload_bytes)
+        except oa.RequestError as exc:
+            metrics.file_jobs.labels("refused").inc()
+            return error_response(exc)
+        self.active += 1
+        metrics.file_jobs_active.set(self.active)
+        try:
+            return await self._transcribe(request, form)
+        except oa.RequestError as exc:
+            metrics.file_jobs.labels("refused").inc()
+            return error_response(exc)
+        except (asyncio.CancelledError, ConnectionResetError):
+            metrics.file_jobs.labels("client_gone").inc()
+            raise
+        except Exception:
+            log.exception("file transcription failed")
+            metrics.file_jobs.labels("failed").inc()
+            return error_response(oa.RequestError(500, "internal error while transcribing", kind="server_error"))
+        finally:
+            self.active -= 1
+            metrics.file_jobs_active.set(self.active)
+
+    def _admit(self) -> None:
+        pod = self.pod
+        if not pod.ready or pod.draining:
+            reason = "draining" if pod.draining else "loading its model"
+            raise oa.RequestError(503, f"this pod is {reason}; try another", code=reason.split()[0], kind="server_error")
+        if self.active >= pod.settings.max_file_jobs:
+            raise oa.RequestError(429, f"all {pod.settings.max_file_jobs} file slots of this pod are in use",
+                                  code="busy", kind="server_error")
+
+    async def _transcribe(self, request: web.Request, form: "Form") -> web.StreamResponse:
+        pod = self.pod
+        if not pod.engine.transcribes(form.language):
+            raise oa.RequestError(400, f"this server transcribes {pod.engine.config.language!r} only; it cannot "
+                                  f"transcribe {form.language!r}", "language", "unsupported_language")
+        audio = await asyncio.to_thread(decode_upload, form.data, pod.settings.max_file_seconds)
+        duration = len(audio) / SR
+        pod.metrics.file_audio_seconds.inc(duration)
+        windows = await asyncio.to_thread(speech_windows, audio)
+        log.info("file %s: %.1f s of audio, %d windows", form.filename, duration, len(windows))
+        results = transcribe_windows(pod.scheduler.submit, audio, windows, form.prompt)
+        segments: list[oa.Segment] = []
+        if not form.stream:
+            async for result in results:
+                segments.extend(result.segments)
+            transcript = oa.Transcript(tuple(segments), duration)
+            body, content_type = oa.render(transcript, form.response_format, form.granularities)
+            pod.metrics.file_jobs.labels("done").inc()
+            return web.Response(body=body, headers={"Content-Type": content_type})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        try:
+            async for result in results:
+                segments.extend(result.segments)
+                text = " ".join(s.text.strip() for s in result.segments if s.text.strip())
+                if text:
+                    await response.write(oa.delta_event((" " if len(segments) > len(result.segments) else "") + text))
+            await response.write(oa.done_event(oa.Transcript(tuple(segments), duration)))
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # the status line is sent: the failure is the stream's last event
+            log.exception("streamed file transcription failed")
+            pod.metrics.file_jobs.labels("failed").inc()
+            await response.write(oa.error_event(f"transcription failed: {exc}"))
+            return response
+        pod.metrics.file_jobs.labels("done").inc()
+        await response.write_eof()
+        return response
+
+
+class Form:
+    """The fields of a transcription request, checked."""
+
+    def __init__(self, data: bytes, filename: str, fields: dict[str, str], granularities: list[str]):
+        self.data = data
+        self.filename = filename
+        self.language = fields.get("language") or None
+        self.prompt = fields.get("prompt", "")
+        self.response_format = fields.get("response_format") or "json"
+        self.granularities = granularities
+        self.stream = fields.get("stream", "false").strip().lower() in ("true", "1")
+        oa.check_format(self.response_format, granularities)
+        try:
+            float(fields.get("temperature") or 0)
+        except ValueError:
+            raise oa.RequestError(400, "temperature must be a number", "temperature") from None
+
+
+async def read_form(request: web.Request, max_upload_bytes: int) -> Form:
+    """The multipart form, or RequestError: 400 when it is not one or has no file, 413 over the limit."""
+    if not request.content_type.startswith("multipart/form-data"):
+        raise oa.RequestError(400, "send the audio as multipart/form-data with a 'file' field", "file")
+    try:
+        post = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise oa.RequestError(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes",
+                              "file", "file_too_large") from None
+    except ValueError as exc:
+        raise oa.RequestError(400, f"the form could not be read: {exc}") from None
+    upload = post.get("file")
+    if upload is None or isinstance(upload, str) or not hasattr(upload, "file"):
+        raise oa.RequestError(400, "the form has no 'file' upload", "file")
+    data = upload.file.read()
+    if len(data) > max_upload_bytes:
+        raise oa.RequestError(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes",
+                              "file", "file_too_large")
+    fields = {k: v for k, v in post.items() if isinstance(v, str)}
+    granularities = [v for k, v in post.items() if k in ("timestamp_granularities[]", "timestamp_granularities")
+                     and isinstance(v, str)]
+    return Form(data, upload.filename or "upload", fields, granularities)
