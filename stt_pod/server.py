@@ -34,7 +34,7 @@ from stt_pod.stream import SessionStream, StreamConfig
 from stt_pod.vad import StreamingVad
 from voxfleet import protocol as p
 from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, refuse_malformed, respond, ws_urls
-from voxfleet.handoff import handoff_connection
+from voxfleet.handoff import api_runner, handoff_connection
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
 from voxfleet.tokens import InvalidToken, TokenSigner
 
@@ -69,8 +69,7 @@ class PodServer:
 
     async def start(self) -> None:
         s = self.settings
-        self._http = web.AppRunner(self.files.app(), handler_cancellation=True, access_log=None)
-        await self._http.setup()
+        self._http = await api_runner(self.files.app())
         self.server = await serve(
             self._handle, s.host, s.port,
             create_connection=handoff_connection(self._http.server),

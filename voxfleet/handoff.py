@@ -3,8 +3,10 @@
 Pods and routers serve WebSockets (and their GET probes) with `websockets`,
 whose HTTP parser reads no request body. The OpenAI-compatible file endpoint
 is a multipart POST, so each new connection's request line is read first:
-`POST /v1/...` hands the connection, bytes already read included, to an
-aiohttp request handler; anything else goes on to websockets untouched. The
+a method other than GET or HEAD (`POST /v1/audio/...`) hands the
+connection, bytes already read included, to an aiohttp request handler,
+which reads bodies; GETs (WebSocket upgrades, probes) go on to websockets
+untouched. The
 WebSocket hot path gains one check on its first bytes, and clients need one
 base URL for everything.
 """
@@ -14,10 +16,11 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
+from aiohttp import web
 from websockets.asyncio.server import ServerConnection
 
-API_PREFIX = b"/v1/audio/"
-"""Paths served by the HTTP API (POST only); every other request is the WebSocket server's."""
+READ_ONLY = (b"GET", b"HEAD")
+"""Methods websockets serves (upgrades, probes, metrics); the others, which may carry a body, go to aiohttp."""
 MAX_REQUEST_LINE = 8192
 """Bytes read while looking for the end of the request line; a longer one is left to websockets to refuse."""
 
@@ -39,8 +42,31 @@ class _Detached:
 
 def routes_to_http(head: bytes) -> bool:
     """Whether a request starting with `head` (its request line at least) is the HTTP API's."""
-    method, _, rest = head.partition(b" ")
-    return method == b"POST" and rest.startswith(API_PREFIX)
+    return head.partition(b" ")[0] not in READ_ONLY
+
+
+async def _close_after(request: web.Request, response: web.StreamResponse) -> None:
+    response.force_close()  # aiohttp prepares its headers before this hook: say it too
+    response.headers["Connection"] = "close"
+
+
+async def _not_allowed(request: web.Request) -> web.Response:
+    return web.Response(status=405, text=f"method {request.method} not allowed here: GET only\n",
+                        headers={"Allow": "GET, HEAD"})
+
+
+async def api_runner(app: web.Application) -> web.AppRunner:
+    """A started aiohttp runner for `app`, whose `.server` goes to `handoff_connection`.
+
+    Every answer closes its connection: a kept-alive connection belongs to
+    aiohttp, so a client's next request (a probe, a WebSocket) must come on a
+    new one to be routed afresh. Handlers are cancelled when their client goes.
+    """
+    app.router.add_route("*", "/{path:.*}", _not_allowed)  # after the app's own routes: what they do not take
+    app.on_response_prepare.append(_close_after)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    return runner
 
 
 def handoff_connection(http_factory: Callable[[], asyncio.Protocol]):

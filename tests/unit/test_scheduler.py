@@ -10,7 +10,7 @@ import pytest
 
 from stt_pod.metrics import PodMetrics
 from stt_pod.scheduler import BatchScheduler, Pending, SchedulerClosed, pick_batch
-from stt_pod.stream import FINAL, PARTIAL, Job
+from stt_pod.stream import FILE, FINAL, PARTIAL, Job
 from stt_pod.words import Word
 
 WAIT = 5.0  # a safety net so a broken scheduler fails the test instead of hanging it
@@ -42,6 +42,29 @@ def test_finals_go_before_partials_whatever_their_priority_or_arrival():
     batch, stale, rest = pick_batch(queue, max_batch=8, now=0.0, partial_max_wait=10.0)
     assert names(batch) == ["final-normal", "final-low", "partial-high", "partial-normal"]
     assert stale == [] and rest == []
+
+
+def test_file_windows_take_only_the_slots_live_work_leaves():
+    queue = [pending("file-a", FILE, "high", arrival=0), pending("file-b", FILE, "high", arrival=1),
+             pending("partial", PARTIAL, "low", arrival=2), pending("final", FINAL, "low", arrival=3)]
+    batch, _, rest = pick_batch(queue, max_batch=3, now=0.0, partial_max_wait=10.0)
+    assert names(batch) == ["final", "partial", "file-a"]
+    assert names(rest) == ["file-b"]
+
+
+def test_with_live_sessions_open_a_batch_holds_at_most_max_file_windows():
+    queue = [pending(f"file-{i}", FILE, arrival=i) for i in range(4)] + [pending("final", FINAL, arrival=9)]
+    batch, _, rest = pick_batch(queue, max_batch=8, now=0.0, partial_max_wait=10.0, max_file=1)
+    assert names(batch) == ["final", "file-0"]
+    assert names(rest) == ["file-1", "file-2", "file-3"]
+    alone, _, _ = pick_batch(queue, max_batch=8, now=0.0, partial_max_wait=10.0)
+    assert len(alone) == 5
+
+
+def test_file_windows_are_never_dropped_as_stale():
+    queue = [pending("file", FILE, arrival=0, enqueued=0.0)]
+    batch, stale, _ = pick_batch(queue, max_batch=8, now=100.0, partial_max_wait=1.0)
+    assert names(batch) == ["file"] and stale == []
 
 
 def test_priority_then_arrival_within_a_kind():
