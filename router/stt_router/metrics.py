@@ -36,6 +36,16 @@ LAG_WINDOW = 10
 SESSION_SERIES = (("native", "start"), ("native", "resume"), ("whisperlive", "start"))
 """The (protocol, kind) label pairs of voxfleet_router_sessions_total (stt_router.server)."""
 
+FILE_JOB_REASONS = ("done", "refused", "unauthorized", "bad_request", "too_large", "queue_full", "queue_timeout",
+                    "draining", "failed", "client_gone")
+"""How a file job ended (voxfleet_router_file_jobs_total, stt_router.files): answered by a pod (done, or
+refused: the pod's own error answer relayed), or by the router (unauthorized, bad_request, too_large,
+queue_full, queue_timeout, draining, failed: every attempt failed, or the pod's stream ended in an error
+event), or its client left first (client_gone)."""
+FILE_RETRY_REASONS = ("refused", "failed")
+"""Why a file job was sent again (voxfleet_router_file_retries_total): its pod refused it (429, 503), or failed."""
+FILE_BYTES_BUCKETS = (64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
+
 
 class RouterMetrics:
     def __init__(self) -> None:
@@ -64,6 +74,20 @@ class RouterMetrics:
         self.free_slots = Gauge(p + "free_slots", "Free session slots over the ready pods", registry=r)
         self.ready = Gauge(p + "ready", "1 when this router accepts sessions", registry=r)
         self.draining = Gauge(p + "draining", "1 while this router drains before shutdown", registry=r)
+        self.file_jobs_queued = Gauge(p + "file_jobs_queued", "File transcription jobs waiting for a pod's file slot", registry=r)
+        self.file_jobs_active = Gauge(p + "file_jobs_active", "File transcription jobs sent to a pod, not yet answered", registry=r)
+        self.file_jobs = Counter(p + "file_jobs_total", "File transcription jobs, by how they ended", ["reason"], registry=r)
+        for reason in FILE_JOB_REASONS:
+            self.file_jobs.labels(reason)
+        self.file_queue_wait = Histogram(p + "file_queue_wait_seconds", "Time a file job waited for a file slot "
+                                         "(each time it was queued, placed or not)", buckets=WAIT_BUCKETS + (120.0, 300.0),
+                                         registry=r)
+        self.file_upload_bytes = Histogram(p + "file_upload_bytes", "Size of the uploaded files the router took",
+                                           buckets=FILE_BYTES_BUCKETS, registry=r)
+        self.file_retries = Counter(p + "file_retries_total", "File jobs sent again after their pod refused or failed, "
+                                    "by why", ["reason"], registry=r)
+        for reason in FILE_RETRY_REASONS:
+            self.file_retries.labels(reason)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -39,6 +39,13 @@ class PodView:
     refused_full: bool = False  # it refused a session as full since the last report
     listed_ready: bool = True  # discovery lists it as ready (Kubernetes endpoint condition)
     terminating: bool = False  # discovery says it is being stopped
+    # the file lane (POST /v1/audio/transcriptions), accounted apart from sessions
+    file_capacity: int = 0  # file_capacity in the last /status
+    reported_file_free: int = 0  # file_free in the last /status (0 when not ready or draining)
+    files_placed_since_report: int = 0  # file jobs this router sent it after that report, still running
+    own_files: int = 0  # file jobs this router has running there now
+    refused_files: bool = False  # it refused a file job (429, 503) since the last report
+    reports: int = 0  # /status answers so far: which report a file job was placed under
 
     @property
     def load(self) -> int:
@@ -51,16 +58,28 @@ class PodView:
         return max(0, self.capacity - self.load)
 
     @property
+    def file_free(self) -> int:
+        """File slots a new job may take: the last report's, less what this router placed since."""
+        if not self.eligible or self.refused_files:
+            return 0
+        return max(0, min(self.reported_file_free - self.files_placed_since_report, self.file_capacity - self.own_files))
+
+    @property
     def eligible(self) -> bool:
         return self.ready and self.reachable and not self.draining and self.listed_ready and not self.terminating
 
-    def report(self, *, ready: bool, draining: bool, capacity: int, active: int) -> None:
+    def report(self, *, ready: bool, draining: bool, capacity: int, active: int, file_capacity: int = 0,
+               file_free: int = 0) -> None:
         """A fresh /status answer replaces the estimate."""
         self.reachable = True
         self.failed_polls = 0
         self.ready, self.draining, self.capacity, self.reported_active = ready, draining, capacity, active
         self.placed_since_report = 0
         self.refused_full = False
+        self.file_capacity, self.reported_file_free = file_capacity, file_free
+        self.files_placed_since_report = 0
+        self.refused_files = False
+        self.reports += 1
 
     def unreachable(self) -> None:
         self.reachable = False
@@ -72,6 +91,19 @@ class PodView:
 
     def released(self) -> None:
         self.own_sessions = max(0, self.own_sessions - 1)
+
+    def file_placed(self) -> int:
+        """One file job sent here; returns the report it was placed under (for `file_released`)."""
+        self.files_placed_since_report += 1
+        self.own_files += 1
+        return self.reports
+
+    def file_released(self, placed_under: int) -> None:
+        """A file job here ended. Placed since the last report, it was never in that report's count: its
+        slot is free again at once. Placed earlier, the report may have counted it: the next one says."""
+        self.own_files = max(0, self.own_files - 1)
+        if placed_under == self.reports and self.files_placed_since_report > 0:
+            self.files_placed_since_report -= 1
 
 
 def choose(pods: Iterable[PodView], policy: str = PACK, exclude: frozenset[str] = frozenset()) -> PodView | None:

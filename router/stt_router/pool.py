@@ -121,7 +121,8 @@ class Pool:
                 return
             was = pod.eligible
             pod.report(ready=bool(status.get("ready")), draining=bool(status.get("draining")),
-                       capacity=int(status.get("capacity", 0)), active=int(status.get("active_sessions", 0)))
+                       capacity=int(status.get("capacity", 0)), active=int(status.get("active_sessions", 0)),
+                       file_capacity=int(status.get("file_capacity", 0)), file_free=int(status.get("file_free", 0)))
             if pod.eligible != was:
                 log.info("pod %s is %s", pod.name, "ready" if pod.eligible else "not taking sessions")
         except (OSError, asyncio.TimeoutError, ValueError) as exc:

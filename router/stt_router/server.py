@@ -37,6 +37,7 @@ from websockets.http11 import Request, Response
 from stt_router import apikeys, workers
 from stt_router.apikeys import ANONYMOUS, ApiKeys, AuthError, KeyLimits, Principal
 from stt_router.discovery import static_targets
+from stt_router.files import FileLane
 from stt_router.metrics import RouterMetrics, watch_event_loop_lag
 from stt_router.placement import PodView
 from stt_router.pool import Pool
@@ -44,7 +45,7 @@ from stt_router.queue import QueueFull, SessionQueue
 from stt_router.relay import NativeRelay, WhisperLiveRelay, abort
 from stt_router.replay import RelayState
 from stt_router.settings import RouterSettings
-from stt_router.splice import PodConnection, RouterServerConnection
+from stt_router.splice import PodConnection
 from stt_router.tokens import InvalidToken, Pin, RouterTokens, signer_for
 from voxfleet import protocol as p
 from voxfleet.endpoints import METRICS_CONTENT_TYPE, NOT_FOUND, refuse_malformed, respond, ws_urls
@@ -90,6 +91,7 @@ class RouterServer:
         self.tokens = RouterTokens(signer_for(settings.secrets()), settings.token_ttl_seconds)
         self.relays: dict[str, NativeRelay] = {}
         self.whisperlive: set[WhisperLiveRelay] = set()
+        self.files = FileLane(self)  # POST /v1/audio/transcriptions (files.py)
         self._pins: collections.OrderedDict[str, Pin] = collections.OrderedDict()
         self.draining = False
         self.server: Server | None = None
@@ -119,6 +121,7 @@ class RouterServer:
         await self.pool.poll_all()
         self._tasks.append(asyncio.create_task(self.pool.run()))
         self._tasks.append(asyncio.create_task(watch_event_loop_lag(self.metrics.event_loop_lag)))
+        await self.files.start()
         self.server = await serve(
             self._handle, s.host, s.port,
             process_request=self._process_request,
@@ -127,7 +130,7 @@ class RouterServer:
             compression=None,
             server_header="voxfleet-router",
             reuse_port=self.reuse_port or None,
-            create_connection=RouterServerConnection,
+            create_connection=self.files.connection_class(),  # RouterServerConnection, POSTs handed to aiohttp
         )
         self._started = time.monotonic()
         self.metrics.ready.set(1)
@@ -169,7 +172,8 @@ class RouterServer:
         for waiter in list(self.queue):
             waiter.item.changed.set()  # they see `draining` and leave
         deadline = time.monotonic() + self.settings.drain_timeout_seconds
-        while (self.relays or self.whisperlive) and time.monotonic() < deadline and not self._stopped.is_set():
+        while ((self.relays or self.whisperlive or self.files.active or len(self.files.queue))
+               and time.monotonic() < deadline and not self._stopped.is_set()):
             await asyncio.sleep(0.2)
         await self.stop()
 
@@ -187,6 +191,7 @@ class RouterServer:
         if self.server:
             self.server.close()
             await self.server.wait_closed()
+        await self.files.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -208,6 +213,7 @@ class RouterServer:
             if waiter.item.position != position:
                 waiter.item.position = position
                 waiter.item.changed.set()
+        self.files.dispatch()
         self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -521,11 +527,13 @@ class RouterServer:
             "sessions": len(self.relays) + len(self.whisperlive),
             "queued": len(self.queue),
             "free_slots": self.pool.free_slots,
+            "file_jobs": self.files.active,
+            "file_jobs_queued": len(self.files.queue),
             "placement": self.settings.placement,
             "pods": [
                 {"name": v.name, "url": v.url, "ordinal": v.ordinal, "ready": v.eligible, "draining": v.draining or v.terminating,
                  "reachable": v.reachable, "capacity": v.capacity, "load": v.load, "free_slots": v.free_slots,
-                 "router_sessions": v.own_sessions}
+                 "router_sessions": v.own_sessions, "file_free": v.file_free, "router_file_jobs": v.own_files}
                 for v in self.pool.views()
             ],
         }

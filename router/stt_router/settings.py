@@ -46,6 +46,15 @@ class RouterSettings:
     max_queue: int = setting(100, "sessions waiting for a slot; more are refused with close 1013")
     max_queue_wait_seconds: float = setting(30.0, "longest a session waits for a slot before close 1013")
 
+    # --- the file lane (POST /v1/audio/transcriptions)
+    max_upload_bytes: int = setting(25 << 20, "largest uploaded file the router takes (OpenAI's limit is 25 MiB); "
+                                               "larger gets 413. The router holds each upload until its answer is sent")
+    max_file_queue: int = setting(64, "file jobs waiting for a pod's file slot; more get 429")
+    max_file_queue_bytes: int = setting(256 << 20, "bytes of uploads waiting for a file slot; more get 429")
+    file_queue_timeout_seconds: float = setting(300.0, "longest a file job waits for a file slot before 503")
+    file_attempts: int = setting(3, "pods one file job is sent to before it fails (a pod that fails mid-job, "
+                                    "or cannot be reached, costs one)")
+
     # --- access
     api_keys: str = setting("", "file (or Secret mount folder) of hashed API keys: 'name sha256:HEX [max_sessions] [priority]' per line")
     anonymous: bool = setting(False, "accept clients without an API key (local use); keys, if given, still work")
@@ -94,6 +103,12 @@ class RouterSettings:
             raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
         if self.ping_interval_seconds <= 0 or self.ping_timeout_seconds <= 0:
             raise ValueError("--ping-interval-seconds and --ping-timeout-seconds must be positive")
+        if self.max_upload_bytes < 1 or self.max_file_queue < 0 or self.max_file_queue_bytes < 0:
+            raise ValueError("--max-upload-bytes must be positive and the file queue bounds not negative")
+        if self.file_queue_timeout_seconds < 0:
+            raise ValueError("--file-queue-timeout-seconds must not be negative")
+        if self.file_attempts < 1:
+            raise ValueError("--file-attempts must be at least 1")
         if self.status_failure_threshold < 1:
             raise ValueError("--status-failure-threshold must be at least 1")
 
