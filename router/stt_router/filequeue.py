@@ -75,6 +75,10 @@ class FileQueue:
         self.bytes += size
         return waiter
 
+    def over_bounds(self) -> bool:
+        """Whether the waiting jobs pass the job or byte bound (a job pushed unbounded may take it over)."""
+        return len(self._waiters) > self.max_jobs or self.bytes > self.max_bytes
+
     def peek(self) -> FileWaiter | None:
         return self._waiters[0] if self._waiters else None
 

@@ -35,11 +35,11 @@ from aiohttp import web
 
 from stt_router import apikeys
 from stt_router.apikeys import AuthError, Principal
-from stt_router.filequeue import DeltaSkipper, FileQueue, QueueFull, SseEvents, choose_file_pod
+from stt_router.filequeue import DeltaSkipper, FileQueue, SseEvents, choose_file_pod
 from stt_router.placement import PodView
 from stt_router.splice import RouterServerConnection
 from voxfleet import openai_audio as oa
-from voxfleet.handoff import handoff_connection
+from voxfleet.handoff import api_runner, handoff_connection
 
 if TYPE_CHECKING:
     from stt_router.server import RouterServer
@@ -134,8 +134,8 @@ class FileLane:
         return app
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
-        await self.runner.setup()
+        self.runner = await api_runner(self.app())  # every answer closes its connection; handlers cancelled when
+        # their client goes
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.pod_connect_timeout_seconds)
         self.session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0, force_close=True),
                                              auto_decompress=False)
@@ -185,13 +185,17 @@ class FileLane:
         """A file slot for `job`, waiting in the file queue until `deadline` (None: the full wait from now)."""
         loop = asyncio.get_running_loop()
         job.changed.clear()
-        try:
-            waiter = self.queue.push(job, priority, len(job.data), loop.time(), deadline, bounded)
-        except QueueFull as exc:
-            raise Refusal("queue_full", oa.RequestError(429, f"no file slot is free and the file queue is full ({exc})",
-                                                        code="queue_full", kind="server_error")) from None
+        # In line first, bounds after: a job a pod takes at once never waited, so the bounds are not its.
+        waiter = self.queue.push(job, priority, len(job.data), loop.time(), deadline, bounded=False)
         job.deadline = waiter.deadline
         self.dispatch()
+        if bounded and job.pod is None and self.queue.over_bounds():
+            self.queue.remove(waiter)
+            self.update_gauges()
+            raise Refusal("queue_full", oa.RequestError(
+                429, f"no file slot is free and the file queue is full ({len(self.queue)} jobs, {self.queue.bytes} "
+                f"bytes waiting; at most {self.queue.max_jobs} and {self.queue.max_bytes})", code="queue_full",
+                kind="server_error"))
         try:
             while job.pod is None:
                 remaining = waiter.deadline - loop.time()

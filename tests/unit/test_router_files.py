@@ -57,6 +57,19 @@ def test_the_queue_is_bounded_in_bytes_and_counts_them_back_when_jobs_leave():
     assert q.pop().item == "b" and q.bytes == 60
 
 
+def test_over_bounds_says_when_a_job_let_in_unbounded_took_the_line_past_a_bound():
+    q = FileQueue(max_jobs=1, max_bytes=100, max_wait=60)
+    assert not q.over_bounds()
+    a = q.push("a", "normal", 10, now=0, bounded=False)
+    assert not q.over_bounds()
+    b = q.push("b", "normal", 10, now=0, bounded=False)
+    assert q.over_bounds()
+    q.remove(b)
+    q.push("big", "normal", 101, now=0, bounded=False)
+    q.remove(a)
+    assert q.over_bounds()
+
+
 def test_a_job_waits_at_most_max_wait_unless_it_keeps_an_earlier_deadline():
     q = FileQueue(max_jobs=10, max_bytes=100, max_wait=60)
     assert q.push("a", "normal", 1, now=10).deadline == 70
