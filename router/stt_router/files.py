@@ -299,7 +299,34 @@ class FileLane:
         raise Refusal("failed", oa.RequestError(503, message, code="pods_failed", kind="server_error"))
 
     async def _attempt(self, request: web.Request, job: FileJob, pod: PodView) -> tuple[web.StreamResponse, str]:
-        """Send the job to `pod` and relay its answer; raises PodFailed when the answer is not complete."""
+        """Send the job to `pod` and relay its answer; raises PodFailed when the answer is not complete.
+
+        A pod that hangs without closing the connection is seen by its /status polls: once they
+        have failed `status_failure_threshold` times in a row, the attempt is given up (there is no
+        read timeout on the answer itself: a long file takes minutes before its first byte)."""
+        work = asyncio.ensure_future(self._exchange(request, job, pod))
+        watch = asyncio.ensure_future(self._watch(pod))
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            work.cancel()
+            watch.cancel()
+            await asyncio.gather(work, watch, return_exceptions=True)
+            raise
+        if work.done():
+            watch.cancel()
+            return work.result()
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        raise PodFailed(f"pod {pod.name} stopped answering its /status polls ({pod.failed_polls} failed in a row)")
+
+    async def _watch(self, pod: PodView) -> None:
+        """Return when the pod's /status polls say it is gone (it hangs, or its host does)."""
+        url, threshold = pod.url, self.router.pool.failure_threshold
+        while pod.url == url and pod.failed_polls < threshold:
+            await asyncio.sleep(self.settings.status_interval_seconds)
+
+    async def _exchange(self, request: web.Request, job: FileJob, pod: PodView) -> tuple[web.StreamResponse, str]:
         form = aiohttp.FormData(quote_fields=False)
         for name, value in job.fields:
             form.add_field(name, value)

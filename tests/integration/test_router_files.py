@@ -8,6 +8,7 @@ still gets one complete answer.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import urllib.error
@@ -317,4 +318,27 @@ def test_a_stream_whose_pod_is_killed_goes_on_from_another_pod_without_repeats(d
     # appears once, and the deltas say what the done event says, within a word or two.
     assert joined.count(deltas[0].strip()) == 1
     assert wer(events[-1].text, joined) < 0.05, (joined, events[-1].text)
+    assert metric(router, "voxfleet_router_file_retries_total", reason="failed") == 1
+
+
+def test_a_job_whose_pod_hangs_fails_over_when_its_status_polls_fail(doomed_pods, router_factory, files):
+    router = router_factory(doomed_pods, "--status-timeout-seconds", "0.5")
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["ok"] = client(router).audio.transcriptions.create(model="whisper-1", file=files["long"].open("rb"))
+        except Exception as exc:  # noqa: BLE001 - the test reads it below
+            result["error"] = exc
+
+    job = threading.Thread(target=run)
+    job.start()
+    victim = until(lambda: working(doomed_pods), what="a pod transcribing the file")
+    victim.process.send_signal(signal.SIGSTOP)  # alive, connection open, answering nothing
+    try:
+        job.join(300)
+    finally:
+        victim.process.send_signal(signal.SIGCONT)
+    assert "error" not in result, result.get("error")
+    assert_near_offline(files["long"], reference_text(*LONG), result["ok"].text)
     assert metric(router, "voxfleet_router_file_retries_total", reason="failed") == 1
