@@ -342,3 +342,42 @@ def test_a_job_whose_pod_hangs_fails_over_when_its_status_polls_fail(doomed_pods
     assert "error" not in result, result.get("error")
     assert_near_offline(files["long"], reference_text(*LONG), result["ok"].text)
     assert metric(router, "voxfleet_router_file_retries_total", reason="failed") == 1
+
+
+def test_a_client_that_leaves_mid_job_frees_the_pods_file_slot(pods, router, files):
+    import http.client
+
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="long.wav"\r\n'
+            f"Content-Type: audio/wav\r\n\r\n").encode() + files["long"].read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    connection = http.client.HTTPConnection("127.0.0.1", router.port, timeout=60)
+    connection.request("POST", "/v1/audio/transcriptions", body=body,
+                       headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "X-API-Key": KEY})
+    until(lambda: working(pods), what="a pod transcribing the file")
+    connection.close()  # before any answer: the router cancels the pod's request, whose slot frees
+    until(lambda: metric(router, "voxfleet_router_file_jobs_total", reason="client_gone") == 1, what="client_gone")
+    until(lambda: status(router)["file_jobs"] == 0 and not working(pods), what="every file slot free again")
+    assert sum(metric(pod, "voxfleet_pod_file_jobs_total", reason="client_gone") for pod in pods) >= 1
+
+
+def test_a_draining_router_finishes_its_file_jobs_and_refuses_new_ones(pods, router, files):
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["ok"] = client(router).audio.transcriptions.create(model="whisper-1", file=files["long"].open("rb"))
+        except Exception as exc:  # noqa: BLE001 - the test reads it below
+            result["error"] = exc
+
+    job = threading.Thread(target=run)
+    job.start()
+    until(lambda: status(router)["file_jobs"] == 1, what="the job on a pod")
+    router.process.send_signal(signal.SIGTERM)
+    until(lambda: status(router)["draining"], what="the router draining")
+    with pytest.raises(openai.InternalServerError) as refused:
+        client(router).audio.transcriptions.create(model="whisper-1", file=clips(CLIP)[0].path.open("rb"))
+    assert refused.value.status_code == 503 and refused.value.code == "draining"
+    job.join(300)
+    assert "error" not in result, result.get("error")
+    assert_near_offline(files["long"], reference_text(*LONG), result["ok"].text)
+    assert router.process.wait(60) == 0
