@@ -117,6 +117,7 @@ class Window(Protocol):
     previous: str  # recent final text before the audio: trimmed from the left to fit
     prefix: str  # final text inside the audio: forced as the transcript's start, not returned
     final: bool  # decoded with `final_beam_size` and `final_input_seconds`, not the partials' settings
+    beam_size: int  # 0: the engine's beam for its kind (final or partial)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class Plain:
     previous: str = ""
     prefix: str = ""
     final: bool = False
+    beam_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -258,16 +260,17 @@ class WhisperEngine:
         if not windows:
             return []
         tokens = [self.prompt_tokens(w) for w in windows]
-        groups: dict[tuple[bool, int], list[int]] = {}  # (final, prompt length) -> windows
+        groups: dict[tuple[bool, int, int], list[int]] = {}  # (final, beam, prompt length) -> windows
         for i, (own, previous) in enumerate(tokens):
             length = prompt_group(len(own) + len(previous), MAX_PROMPT_TOKENS)
-            groups.setdefault((windows[i].final, length), []).append(i)
+            w = windows[i]
+            beam = w.beam_size or (self.config.final_beam_size if w.final else self.config.beam_size)
+            groups.setdefault((w.final, beam, length), []).append(i)
         out: list[list[Word]] = [[] for _ in windows]
-        for (final, length), members in groups.items():
+        for (final, beam, length), members in groups.items():
             prompts = [fit_prompt(*tokens[i], length) for i in members]
             prefixes = [self._encode_text(windows[i].prefix) for i in members]
             audio = [windows[i].audio for i in members]
-            beam = self.config.final_beam_size if final else self.config.beam_size
             least = self.config.final_input_seconds if final else self.config.partial_input_seconds
             for i, words in zip(members, self._decode_group(audio, prompts, prefixes, least, beam)):
                 out[i] = words

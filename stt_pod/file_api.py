@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from stt_pod.files import decode_upload, speech_windows, transcribe_windows
+from stt_pod.files import decode_upload, plan_chapters, speech_probabilities, speech_spans, transcribe_file
 from voxfleet import openai_audio as oa
 from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
 
@@ -88,9 +88,12 @@ class FileApi:
         audio = await asyncio.to_thread(decode_upload, form.data, pod.settings.max_file_seconds)
         duration = len(audio) / SR
         pod.metrics.file_audio_seconds.inc(duration)
-        windows = await asyncio.to_thread(speech_windows, audio)
-        log.info("file %s: %.1f s of audio, %d windows", form.filename, duration, len(windows))
-        results = transcribe_windows(pod.scheduler.submit, audio, windows, form.prompt)
+        speech = await asyncio.to_thread(speech_probabilities, audio)
+        spans = speech_spans(speech, pod.settings.vad_threshold)
+        chapters = plan_chapters(len(audio), spans, int(pod.settings.file_chapter_seconds * SR))
+        log.info("file %s: %.1f s of audio, %d chapter(s)", form.filename, duration, len(chapters))
+        results = transcribe_file(pod.scheduler.submit, audio, chapters, form.prompt, pod.settings.file_beam_size,
+                                  speech=speech)
         segments: list[oa.Segment] = []
         if not form.stream:
             async for result in results:

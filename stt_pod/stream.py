@@ -95,6 +95,7 @@ class Job:
     utterance_start: int = 0  # where the window's own speech starts; before it is context
     prefix: str = ""  # final words inside the window: the decoder is made to say them first, then goes on
     final: bool = False  # a final's decode: the engine's final beam and encoder input, not the partials'
+    beam_size: int = 0  # 0: the engine's beam for the kind; file windows bring the pod's --file-beam-size
 
     @property
     def overlaps_finals(self) -> bool:
