@@ -11,7 +11,9 @@ while their pods keep them. /readyz is the router's own health: it serves,
 it does not drain, and it knows a pod that takes sessions (or it has just
 started: sessions queue meanwhile); one slow round of pod polls does not
 change it (pool.py). With `--workers` above 1, workers.py runs this server in
-several processes on one port.
+several processes on one port. `POST /v1/audio/transcriptions` (OpenAI's
+file API) comes on the same port and is files.py's: a queue and pods' file
+slots of its own, apart from sessions.
 """
 
 from __future__ import annotations
