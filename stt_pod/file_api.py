@@ -109,7 +109,8 @@ class FileApi:
                 segments.extend(result.segments)
                 text = " ".join(s.text.strip() for s in result.segments if s.text.strip())
                 if text:
-                    await response.write(oa.delta_event((" " if len(segments) > len(result.segments) else "") + text))
+                    text = (" " if len(segments) > len(result.segments) else "") + text
+                    await response.write(oa.delta_event(text, result.end, duration))
             await response.write(oa.done_event(oa.Transcript(tuple(segments), duration)))
         except (ConnectionResetError, asyncio.CancelledError):
             raise

@@ -1,7 +1,7 @@
 """The `voxfleet` command: the one front door to every component.
 
     voxfleet pod [--port 8765 ...]        run an STT pod
-    voxfleet transcribe URL FILE          stream a file, print the transcript
+    voxfleet transcribe URL FILE          stream a file, print the transcript (--file-api: upload it instead)
     voxfleet demo                         voxfleet up, transcribe the bundled sample, stop
     voxfleet router --pods ws://...       run a router in front of pods
     voxfleet up [--port 8765] [--pods 2]  run a router and local pods until Ctrl-C
@@ -61,6 +61,9 @@ def cmd_pod(args: argparse.Namespace) -> int:
     return 0
 
 
+SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from voxfleet.client import TranscriptionError, check_url, stdin_audio, transcribe
     from voxfleet.protocol import AudioFormat
@@ -70,6 +73,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         check_url(args.url)
+        if getattr(args, "file_api", False):
+            return await upload()
         audio = args.file
         if str(args.file) == "-":
             if args.rate <= 0 or args.channels <= 0:
@@ -86,6 +91,27 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 print(f"\r\033[K… {result.text}", end="", file=sys.stderr, flush=True)
             elif args.partials:
                 print(f"… {result.text}", file=sys.stderr, flush=True)
+
+    async def upload() -> None:
+        from voxfleet.file_client import transcribe_upload
+
+        if str(args.file) == "-":
+            raise ValueError("--file-api sends a file: give its path, not -")
+        pending = ""  # text after the last complete sentence: printed with the next one, a sentence per line
+        async for delta in transcribe_upload(args.url, args.file, api_key=args.api_key or None,
+                                             language=args.language):
+            *sentences, pending = SENTENCE_END.split(pending + delta.text)
+            if live_line:
+                print("\r\033[K", end="", file=sys.stderr)
+            for sentence in sentences:
+                print(sentence.strip(), flush=True)
+            if live_line and delta.seconds is not None and delta.duration:
+                print(f"… {delta.seconds:.0f} of {delta.duration:.0f} s transcribed "
+                      f"({100 * delta.seconds / delta.duration:.0f} %)", end="", file=sys.stderr, flush=True)
+        if live_line:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        if pending.strip():
+            print(pending.strip(), flush=True)
 
     try:
         asyncio.run(run())
@@ -194,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--api-key", default=os.environ.get("VOXFLEET_API_KEY", ""),
                     help="API key for a router that asks for one, sent as the X-API-Key header "
                          "(default: $VOXFLEET_API_KEY)")
+    tr.add_argument("--file-api", action="store_true",
+                    help="upload the file to the file lane (POST /v1/audio/transcriptions: decoded server-side, in "
+                         "the capacity live sessions leave free) instead of streaming it as a session; shows progress")
     tr.set_defaults(func=cmd_transcribe)
 
     sub.add_parser("operator", help="run the Kubernetes operator (`voxfleet operator crd` prints the CRD)")
@@ -229,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `voxfleet transcribe ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 0
     except ValueError as exc:  # bad settings, from a flag or the environment
         print(f"voxfleet: {_naming_the_variable(str(exc), args.command)}", file=sys.stderr)
         return 2

@@ -155,9 +155,16 @@ def _clock(seconds: float, decimal: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{ms:03d}"
 
 
-def delta_event(text: str) -> bytes:
-    """One server-sent event of a streamed transcription: text that follows what was sent before."""
-    return _sse({"type": "transcript.text.delta", "delta": text})
+def delta_event(text: str, seconds: float | None = None, duration: float | None = None) -> bytes:
+    """One server-sent event of a streamed transcription: text that follows what was sent before.
+
+    voxfleet adds `progress` (seconds of the file transcribed so far, of `duration`), which OpenAI's
+    clients ignore and voxfleet's shows.
+    """
+    event: dict = {"type": "transcript.text.delta", "delta": text}
+    if seconds is not None and duration is not None:
+        event["progress"] = {"seconds": round(seconds, 2), "duration": round(duration, 2)}
+    return _sse(event)
 
 
 def done_event(transcript: Transcript) -> bytes:

@@ -188,7 +188,7 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
         f"- Machine: {m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB memory, Linux {m['kernel']}, Python {m['python']}",
         f"- Model: {', '.join(models)}; beam width: {beams}",
         f"- Date: {results['date']}; git {git.get('commit', '?')[:12]}{' (with local changes)' if git.get('dirty') else ''}",
-        f"- Load: N concurrent real-time streams of "
+        "- Load: N concurrent real-time streams of "
         + ("recordings of people (tests/data/devset clips, 0.8 s apart, in a different order per stream)"
            if c.get("speech") == "devset" else "espeak-ng speech (tests/speech.py), each a different text and voice")
         + f", >= {c['seconds_per_stream']:g} s per stream, starts {c['stagger_seconds']:g} s apart; "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import itertools
 import shlex
 import sys
 import time
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--linger", type=float, default=15.0,
                     help="whisperlive protocol: seconds without a new result before END_OF_AUDIO "
                          "(whisper_live/client.py waits 15)")
+    ap.add_argument("--file-backlog", type=int, default=8,
+                    help="mode file-backlog: uploads kept in flight to the pod's file endpoint while the streams run "
+                         "(dev-set clips, one after another; default 8)")
     ap.add_argument("--no-reference", action="store_true",
                     help="skip the offline WER of each stream (then the headline compares plain mean WER)")
     ap.add_argument("--out", type=Path, help="results JSON (default bench/results/pod[-whisperlive]-<date>.json)")
@@ -159,11 +163,15 @@ async def run_n(server: servers.Server, scripts: list[workload.StreamScript], of
 
     metrics_before = _scrape(server)
     cpu_before = meter.cpu_sample(server.pid)
+    backlog = FileBacklog(server, args.file_backlog) if server.name == "file-backlog" else None
+    if backlog:
+        backlog.start()
     tasks = [asyncio.create_task(one(i)) for i in range(n)]
     done, pending = await asyncio.wait(tasks, timeout=cap)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+    file_backlog = await backlog.stop() if backlog else None
     alive = server.alive()
     cpu_after = meter.cpu_sample(server.pid) if alive else None
     for i, task in enumerate(tasks):
@@ -183,9 +191,52 @@ async def run_n(server: servers.Server, scripts: list[workload.StreamScript], of
         "cpu": meter.cpu_cores(cpu_before, cpu_after) if cpu_after else None,
         "pod_metrics": meter.pod_metrics_delta(metrics_before, metrics_after) if metrics_before and metrics_after else None,
         "server_alive": alive,
+        "file_backlog": file_backlog,
         "streams": streams,
     }
     return run
+
+
+class FileBacklog:
+    """Uploads kept in flight to the pod's file endpoint while live streams run: dev-set clips, round robin."""
+
+    def __init__(self, server: servers.Server, in_flight: int):
+        from tests.devset import clips
+
+        self.url = f"{server.http}/v1/audio/transcriptions"
+        self.clips = clips()
+        self.in_flight = in_flight
+        self.done = self.failed = 0
+        self.audio = 0.0
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(i)) for i in range(self.in_flight)]
+
+    async def _worker(self, offset: int) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+            for i in itertools.count(offset, self.in_flight):
+                clip = self.clips[i % len(self.clips)]
+                form = aiohttp.FormData()
+                form.add_field("file", clip.path.read_bytes(), filename=clip.path.name)
+                try:
+                    async with http.post(self.url, data=form) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                self.done += ok
+                self.failed += not ok
+                self.audio += clip.seconds if ok else 0.0
+
+    async def stop(self) -> dict:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        return {"in_flight": self.in_flight, "files_done": self.done, "files_failed": self.failed,
+                "audio_seconds": round(self.audio, 1)}
 
 
 def _scrape(server: servers.Server) -> dict | None:
@@ -268,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                 target["runs"].append(run)
                 save(results, args.out)
                 print("  " + stats.progress_line(name, n, run["summary"], run["cpu"], args.protocol), flush=True)
+                if run["file_backlog"]:
+                    b = run["file_backlog"]
+                    print(f"      files: {b['files_done']} done ({b['audio_seconds']} s of audio), "
+                          f"{b['files_failed']} failed, {b['in_flight']} in flight", flush=True)
                 if run["pod_metrics"]:
                     m = run["pod_metrics"]
                     print(f"      pod: batch mean {m['batch_size_mean']}, compute {m['compute_seconds']} s "

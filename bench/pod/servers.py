@@ -24,6 +24,8 @@ POD_MODES = {
     "no-context": ["--context-seconds", "0", "--prompt-tokens", "0"],  # A/B: decoding context off
     "no-merge": ["--final-merge-seconds", "0"],  # A/B: each utterance its own final, however loaded the pod
     "cut-finals": ["--final-input-seconds", "20"],  # A/B: finals heard with 20 s of encoder input, not 30
+    # batched, while the harness keeps --file-backlog uploads in flight (the file lane must not slow live streams)
+    "file-backlog": [],
     # The first round's decoding: cut encoder input and greedy for finals too, no context, no fallback.
     "round1": ["--final-input-seconds", "0", "--final-beam-size", "1", "--context-seconds", "0", "--prompt-tokens", "0",
                "--no-temperature-fallback", "--vad-threshold", "0.5"],

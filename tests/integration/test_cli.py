@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.devset import assert_file_as_accurate_as_offline
+from tests.devset import assert_file_as_accurate_as_offline, clips
 from tests.integration.wire import open_session
 from tests.speech import SENTENCES, conversation
 from voxfleet.cli import bundled_sample
@@ -25,6 +25,18 @@ def test_transcribe_prints_the_transcript(pod):
     done = voxfleet("transcribe", pod.url, str(path))
     assert done.returncode == 0, done.stderr
     assert_file_as_accurate_as_offline(path, " ".join(sentences), done.stdout)
+
+
+def test_transcribe_file_api_uploads_and_prints_a_sentence_per_line(pod, tmp_path):
+    jfk = clips("en_jfk_ask_not")[0]
+    done = voxfleet("transcribe", pod.url, str(jfk.path), "--file-api")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip().splitlines()) >= 2  # two sentences
+    assert_file_as_accurate_as_offline(jfk.path, jfk.text, done.stdout)
+    junk = tmp_path / "notes.mp3"
+    junk.write_bytes(b"not audio" * 100)
+    done = voxfleet("transcribe", pod.url, str(junk), "--file-api")
+    assert done.returncode == 2 and "could not be decoded" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_transcribe_shows_partials_on_stderr_with_realtime(pod):
