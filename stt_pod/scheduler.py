@@ -14,9 +14,10 @@ The policy is pure and lives in `pick_batch`:
 - a session has at most one queued partial: a newer one replaces it;
 - a partial that waited longer than `partial_max_wait` is dropped, so under
   overload partials go first and finals keep their pace;
-- file windows take only the slots live jobs leave, and at most `max_file`
-  of them while live sessions are open: a file-only batch holds the model
-  for its whole length, and a final that arrives meanwhile waits for it.
+- file windows take only the slots live jobs leave, and at most
+  `file_batch_with_live` of them while live sessions are open (0: none until
+  the last one ends): a file-only batch holds the model for its whole
+  length, and a final that arrives meanwhile waits for it.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class BatchScheduler:
         self._decode = decode
         self.max_batch = max(1, max_batch)
         self.file_batch_with_live = file_batch_with_live
-        self.live_sessions = 0  # open live sessions (the pod keeps this current): file windows yield to them
+        self._live_sessions = 0
         self.batch_window = batch_window
         self.partial_max_wait = partial_max_wait
         self._metrics = metrics
@@ -121,6 +122,16 @@ class BatchScheduler:
         self._queue.clear()
         self._running = []
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def live_sessions(self) -> int:
+        """Open live sessions (the pod keeps this current): file windows yield to them."""
+        return self._live_sessions
+
+    @live_sessions.setter
+    def live_sessions(self, count: int) -> None:
+        self._live_sessions = count
+        self._wake.set()  # file windows held back for live sessions may run now
 
     @property
     def queue_length(self) -> int:
@@ -177,6 +188,10 @@ class BatchScheduler:
                 self._drop(p, "stale")
             self._queue = rest
             self._gauge()
+            if not batch and not stale:  # only file windows, held back while live sessions are open
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             batch = [p for p in batch if not p.future.done()]
             if not batch:
                 continue

@@ -203,6 +203,18 @@ async def test_each_job_gets_its_own_words(make):
     assert model.threads and "MainThread" not in model.threads  # the loop stays free
 
 
+async def test_file_windows_wait_for_the_last_live_session_when_none_may_ride_along(make):
+    model = FakeModel()
+    s = make(model, file_batch_with_live=0)
+    s.live_sessions = 1
+    s.start()
+    upload = s.submit("file", job(FILE, 7), "low")
+    assert text((await results(s.submit("live", job(FINAL, 1))))[0]) == "m1"
+    assert not upload.done() and model.batches == [[1]]  # the final ran alone; the file window waits
+    s.live_sessions = 0
+    assert text((await results(upload))[0]) == "m7"
+
+
 async def test_jobs_submitted_together_share_one_model_call(make):
     model = FakeModel()
     s = make(model, max_batch=8)
