@@ -143,6 +143,16 @@ class Session:
         self.stream.finish()
         self.pump()
 
+    def flush(self) -> bool:
+        """Finalize the speech heard so far now, without ending the session (a client's commit).
+
+        True when open speech was closed (its final will follow)."""
+        if self.stream.finished:
+            return False
+        closed = self.stream.flush()
+        self.pump()
+        return closed
+
     # --- decode work
 
     def pump(self) -> None:

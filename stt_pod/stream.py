@@ -151,6 +151,7 @@ class SessionStream:
         self._last_partial_text = ""
         self.agreement = LocalAgreement()
         self.next_segment_id = 0
+        self.utterances = 0  # utterances closed so far (VAD, forced split, flush or finish): speech a final will cover
         self.finished = False
         self._arrival_samples: list[int] = []  # samples received after each feed
         self._arrival_times: list[float] = []
@@ -175,7 +176,20 @@ class SessionStream:
             self._close(utt.start * CHUNK, min(utt.end * CHUNK, self.total))
         self.finished = True
 
+    def flush(self) -> bool:
+        """Close the open utterance now, as at end of audio, but keep listening (a client's "commit").
+
+        What was heard so far becomes a final; audio fed afterwards starts afresh. True when
+        speech was open (a final will cover it)."""
+        if self.finished:
+            return False
+        closed = self.segmenter.finish()
+        for utt in closed:
+            self._close(utt.start * CHUNK, min(utt.end * CHUNK, self.total))
+        return bool(closed)
+
     def _close(self, start: int, end: int) -> None:
+        self.utterances += 1
         self._closed.append((max(start - self._pad, 0), min(end + self._pad, self.total), min(end, self.total)))
 
     # --- what to decode

@@ -445,6 +445,53 @@ def test_finish_twice_makes_one_final():
     assert h.kinds() == [FINAL] and [e.text for e in h.finals] == ["once"]
 
 
+def test_flush_finalizes_open_speech_and_the_stream_goes_on():
+    h = Harness(no_partials(), truth=spoken(0.5, "commit", "this") + spoken(3.5, "and", "then", "more"))
+    h.feed(np.concatenate([silence(0.5), tone(1.2)]))  # still speaking: no silence has closed it
+    assert h.kinds() == [] and h.stream.segmenter.in_speech
+    assert h.stream.flush() is True
+    h.pump()
+    assert h.kinds() == [FINAL] and h.jobs[0].end == len(h.audio)  # to everything heard so far
+    assert [e.text for e in h.finals] == ["commit this"] and not h.stream.finished
+    h.feed(np.concatenate([silence(1.3), tone(1.5), silence(1)]))  # speech after the commit: a final of its own
+    assert [e.text for e in h.finals] == ["commit this", "and then more"] and [e.segment_id for e in h.finals] == [0, 1]
+    h.finish()
+    assert h.stream.done
+
+
+def test_flush_without_open_speech_closes_nothing():
+    h = Harness(no_partials(), truth=spoken(0.5, "done"))
+    h.feed(np.concatenate([silence(0.5), tone(0.6), silence(1)]))  # closed by its silence already
+    assert h.stream.flush() is False
+    h.pump()
+    assert h.kinds() == [FINAL] and [e.text for e in h.finals] == ["done"]
+    h.finish()
+    assert h.stream.flush() is False  # after the end: nothing
+
+
+def test_flush_waits_for_a_partial_in_flight_like_an_utterance_end():
+    h = Harness(truth=spoken(0.5, "still", "talking"), answer_kinds=())
+    h.feed(np.concatenate([silence(0.5), tone(2)]))
+    [partial] = h.pending
+    assert h.stream.flush() and h.stream.wants_final()
+    h.pump()
+    assert h.kinds() == [PARTIAL]  # no final while a partial is in flight; the session withdraws it
+    assert h.answer(partial, None) == []
+    [final] = [j for j in h.pending if j.kind == FINAL]
+    h.answer(final)
+    assert [e.text for e in h.finals] == ["still talking"]
+
+
+def test_utterances_counts_every_closed_span_of_speech():
+    h = Harness(no_partials())
+    h.feed(np.concatenate([silence(0.5), tone(0.6), silence(1), tone(0.6)]))
+    assert h.stream.utterances == 1
+    h.stream.flush()
+    assert h.stream.utterances == 2
+    h.feed(np.concatenate([silence(1.5), tone(0.05), silence(1)]))  # shorter than min_speech: no utterance
+    assert h.stream.utterances == 2
+
+
 # --- bounds ----------------------------------------------------------------------------------
 
 
