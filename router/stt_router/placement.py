@@ -126,3 +126,8 @@ def ordinal_of(name: str, default: int) -> int:
     """A StatefulSet pod `voxfleet-pod-3` has ordinal 3; anything else keeps `default`."""
     head, _, tail = name.rpartition("-")
     return int(tail) if head and tail.isdigit() else default
+
+
+def total_slots(pods: Iterable[PodView]) -> int:
+    """Session slots of the pods that take sessions now (used or free): what a reserve is a share of."""
+    return sum(max(0, p.capacity) for p in pods if p.eligible)
