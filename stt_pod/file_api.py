@@ -20,15 +20,12 @@ from aiohttp import web
 from stt_pod.files import decode_upload, plan_chapters, speech_probabilities, speech_spans, transcribe_file
 from voxfleet import openai_audio as oa
 from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
+from voxfleet.uploads import Upload, client_max_size, read_upload
 
 if TYPE_CHECKING:
     from stt_pod.server import PodServer
 
 log = logging.getLogger(__name__)
-
-FORM_OVERHEAD_BYTES = 64 << 10
-"""Room for the form's other fields and multipart headers beside the file itself."""
-
 
 def error_response(exc: oa.RequestError) -> web.Response:
     headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
@@ -39,9 +36,10 @@ class FileApi:
     def __init__(self, pod: "PodServer"):
         self.pod = pod
         self.active = 0
+        self.held_seconds = 0.0  # decoded audio of the files in progress, all in memory (4 bytes a sample)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.pod.settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
+        app = web.Application(client_max_size=client_max_size(self.pod.settings.max_upload_bytes))
         app.router.add_post(oa.TRANSCRIPTIONS_PATH, self.transcriptions)
         return app
 
@@ -49,13 +47,14 @@ class FileApi:
         metrics = self.pod.metrics
         try:
             self._admit()
-            form = await read_form(request, self.pod.settings.max_upload_bytes)
         except oa.RequestError as exc:
             metrics.file_jobs.labels("refused").inc()
             return error_response(exc)
-        self.active += 1
+        self.active += 1  # from the first byte: uploads in progress hold memory too
         metrics.file_jobs_active.set(self.active)
         try:
+            s = self.pod.settings
+            form = Form(await read_upload(request, s.max_upload_bytes, s.upload_timeout_seconds))
             return await self._transcribe(request, form)
         except oa.RequestError as exc:
             metrics.file_jobs.labels("refused").inc()
@@ -86,6 +85,21 @@ class FileApi:
             raise oa.RequestError(400, f"this server transcribes {pod.engine.config.language!r} only; it cannot "
                                   f"transcribe {form.language!r}", "language", "unsupported_language")
         audio = await asyncio.to_thread(decode_upload, form.data, pod.settings.max_file_seconds)
+        duration = len(audio) / SR
+        form.data = b""  # decoded: the upload itself is not needed any more
+        budget = pod.settings.max_file_audio_held_seconds
+        if self.held_seconds and self.held_seconds + duration > budget:
+            raise oa.RequestError(429, f"this pod holds {self.held_seconds:.0f} s of decoded uploads; this file's "
+                                  f"{duration:.0f} s would pass its {budget:g} s limit", code="busy",
+                                  kind="server_error")
+        self.held_seconds += duration
+        try:
+            return await self._decode(request, form, audio)
+        finally:
+            self.held_seconds -= duration
+
+    async def _decode(self, request: web.Request, form: "Form", audio) -> web.StreamResponse:
+        pod = self.pod
         duration = len(audio) / SR
         pod.metrics.file_audio_seconds.inc(duration)
         speech = await asyncio.to_thread(speech_probabilities, audio)
@@ -127,40 +141,16 @@ class FileApi:
 class Form:
     """The fields of a transcription request, checked."""
 
-    def __init__(self, data: bytes, filename: str, fields: dict[str, str], granularities: list[str]):
-        self.data = data
-        self.filename = filename
-        self.language = fields.get("language") or None
-        self.prompt = fields.get("prompt", "")
-        self.response_format = fields.get("response_format") or "json"
-        self.granularities = granularities
-        self.stream = fields.get("stream", "false").strip().lower() in ("true", "1")
-        oa.check_format(self.response_format, granularities)
+    def __init__(self, upload: Upload):
+        self.data = upload.data
+        self.filename = upload.filename
+        self.language = upload.field("language") or None
+        self.prompt = upload.field("prompt")
+        self.response_format = upload.field("response_format") or "json"
+        self.granularities = upload.values("timestamp_granularities[]", "timestamp_granularities")
+        self.stream = upload.field("stream", "false").strip().lower() in ("true", "1")
+        oa.check_format(self.response_format, self.granularities)
         try:
-            float(fields.get("temperature") or 0)
+            float(upload.field("temperature") or 0)
         except ValueError:
             raise oa.RequestError(400, "temperature must be a number", "temperature") from None
-
-
-async def read_form(request: web.Request, max_upload_bytes: int) -> Form:
-    """The multipart form, or RequestError: 400 when it is not one or has no file, 413 over the limit."""
-    if not request.content_type.startswith("multipart/form-data"):
-        raise oa.RequestError(400, "send the audio as multipart/form-data with a 'file' field", "file")
-    try:
-        post = await request.post()
-    except web.HTTPRequestEntityTooLarge:
-        raise oa.RequestError(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes",
-                              "file", "file_too_large") from None
-    except ValueError as exc:
-        raise oa.RequestError(400, f"the form could not be read: {exc}") from None
-    upload = post.get("file")
-    if upload is None or isinstance(upload, str) or not hasattr(upload, "file"):
-        raise oa.RequestError(400, "the form has no 'file' upload", "file")
-    data = upload.file.read()
-    if len(data) > max_upload_bytes:
-        raise oa.RequestError(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes",
-                              "file", "file_too_large")
-    fields = {k: v for k, v in post.items() if isinstance(v, str)}
-    granularities = [v for k, v in post.items() if k in ("timestamp_granularities[]", "timestamp_granularities")
-                     and isinstance(v, str)]
-    return Form(data, upload.filename or "upload", fields, granularities)

@@ -64,6 +64,8 @@ class PodSettings:
     max_file_jobs: int = setting(16, "uploaded files transcribed at once; more get 429 (the router queues them)")
     max_upload_bytes: int = setting(25 << 20, "largest uploaded file (OpenAI's own limit is 25 MB); larger gets 413")
     max_file_seconds: float = setting(3 * 3600.0, "longest audio in one uploaded file; longer gets 413")
+    max_file_audio_held_seconds: float = setting(6 * 3600.0, "decoded audio of all files in progress, held in memory at 230 MB an hour; a file that would pass it gets 429 (the router tries another pod or queues it)")
+    upload_timeout_seconds: float = setting(300.0, "time a client has to send its whole upload; slower gets 408")
     file_chapter_seconds: float = setting(120.0, "a long file is cut at pauses into parts about this long, decoded side by side (each part window after window, as offline)")
     file_beam_size: int = setting(5, "beam width of file windows (1 is greedy: faster, a little less accurate)")
     file_batch_with_live: int = setting(1, "file windows in one model call while live sessions are open (the rest of the batch is theirs; 0: no file window until the last live session ends; with none open, files fill whole batches)")
@@ -76,7 +78,9 @@ class PodSettings:
 
     def validate(self) -> None:
         """Raise ValueError, naming the flag, when the settings cannot make a working pod."""
-        positive = ("max_sessions", "max_file_jobs", "file_beam_size", "file_chapter_seconds", "max_upload_bytes", "max_file_seconds", "max_frame_bytes", "max_session_seconds", "max_backlog_seconds", "max_batch",
+        positive = ("max_sessions", "max_frame_bytes", "max_session_seconds", "max_backlog_seconds", "max_batch",
+                    "max_file_jobs", "file_beam_size", "file_chapter_seconds", "max_upload_bytes", "max_file_seconds",
+                    "max_file_audio_held_seconds", "upload_timeout_seconds",
                     "max_window_seconds", "beam_size", "final_beam_size", "partial_interval_ms",
                     "final_silence_ms", "start_timeout_seconds", "idle_timeout_seconds", "encode_bucket_seconds")
         for name in positive:

@@ -217,7 +217,8 @@ POD_SETTINGS: dict[str, type] = {
     "speech_pad_ms": int, "min_speech_ms": int,
     "max_sessions": int, "max_frame_bytes": int, "max_session_seconds": float, "max_backlog_seconds": float,
     "max_reorder_frames": int, "start_timeout_seconds": float, "idle_timeout_seconds": float,
-    "max_file_jobs": int, "max_upload_bytes": int, "max_file_seconds": float, "file_beam_size": int, "file_chapter_seconds": float,
+    "max_file_jobs": int, "max_upload_bytes": int, "max_file_seconds": float, "max_file_audio_held_seconds": float,
+    "upload_timeout_seconds": float, "file_beam_size": int, "file_chapter_seconds": float,
     "file_batch_with_live": int,
     "resume_grace_seconds": float, "drain_timeout_seconds": float, "token_secret": str, "log_level": str,
 }

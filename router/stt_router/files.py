@@ -40,14 +40,13 @@ from stt_router.placement import PodView
 from stt_router.splice import RouterServerConnection
 from voxfleet import openai_audio as oa
 from voxfleet.handoff import api_runner, handoff_connection
+from voxfleet.uploads import client_max_size, read_upload
 
 if TYPE_CHECKING:
     from stt_router.server import RouterServer
 
 log = logging.getLogger(__name__)
 
-FORM_OVERHEAD_BYTES = 64 << 10
-"""Room for the form's other fields and multipart headers beside the file itself."""
 RETRYABLE_STATUS = (429, 503)
 """A pod's answers that mean 'not now, not here' (busy, loading, draining): the job waits for another slot."""
 
@@ -129,7 +128,7 @@ class FileLane:
     # --- lifecycle
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
+        app = web.Application(client_max_size=client_max_size(self.settings.max_upload_bytes))
         app.router.add_post(oa.TRANSCRIPTIONS_PATH, self.transcriptions)
         return app
 
@@ -228,7 +227,7 @@ class FileLane:
             if self.router.draining:
                 raise Refusal("draining", oa.RequestError(503, "this router is draining; try again",
                                                           code="draining", kind="server_error"))
-            job = await read_job(request, self.settings.max_upload_bytes)
+            job = await read_job(request, self.settings.max_upload_bytes, self.settings.upload_timeout_seconds)
         except Refusal as exc:
             metrics.file_jobs.labels(exc.reason).inc()
             log.info("file job refused: %s", exc.error.message)
@@ -384,29 +383,11 @@ async def _to_client(write) -> None:
         raise ClientGone(str(exc)) from None
 
 
-async def read_job(request: web.Request, max_upload_bytes: int) -> FileJob:
-    """The multipart form as a job; Refusal: 400 when it is not one or has no file, 413 over the limit."""
-    too_large = Refusal("too_large", oa.RequestError(
-        413, f"the upload is larger than this router's limit of {max_upload_bytes} bytes", "file", "file_too_large"))
-    if not request.content_type.startswith("multipart/form-data"):
-        raise Refusal("bad_request", oa.RequestError(400, "send the audio as multipart/form-data with a 'file' field",
-                                                     "file"))
-    if request.content_length is not None and request.content_length > max_upload_bytes + FORM_OVERHEAD_BYTES:
-        raise too_large
+async def read_job(request: web.Request, max_upload_bytes: int, timeout: float) -> FileJob:
+    """The multipart form as a job; Refusal: 400 when it is not one or has no file, 408 too slow, 413 too large."""
     try:
-        post = await request.post()
-    except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
-    except ValueError as exc:
-        raise Refusal("bad_request", oa.RequestError(400, f"the form could not be read: {exc}")) from None
-    upload = post.get("file")
-    if upload is None or isinstance(upload, str) or not hasattr(upload, "file"):
-        raise Refusal("bad_request", oa.RequestError(400, "the form has no 'file' upload", "file"))
-    data = upload.file.read()
-    upload.file.close()
-    if len(data) > max_upload_bytes:
-        raise too_large
-    fields = [(k, v) for k, v in post.items() if isinstance(v, str)]
-    stream = dict(fields).get("stream", "false").strip().lower() in ("true", "1")
-    return FileJob(fields, data, upload.filename or "upload", upload.content_type or "application/octet-stream",
-                   stream)
+        upload = await read_upload(request, max_upload_bytes, timeout)
+    except oa.RequestError as exc:
+        raise Refusal({413: "too_large", 408: "upload_timeout"}.get(exc.status, "bad_request"), exc) from None
+    stream = upload.field("stream", "false").strip().lower() in ("true", "1")
+    return FileJob(upload.fields, upload.data, upload.filename, upload.content_type, stream)

@@ -36,10 +36,10 @@ LAG_WINDOW = 10
 SESSION_SERIES = (("native", "start"), ("native", "resume"), ("whisperlive", "start"))
 """The (protocol, kind) label pairs of voxfleet_router_sessions_total (stt_router.server)."""
 
-FILE_JOB_REASONS = ("done", "refused", "unauthorized", "bad_request", "too_large", "queue_full", "queue_timeout",
-                    "draining", "failed", "client_gone")
+FILE_JOB_REASONS = ("done", "refused", "unauthorized", "bad_request", "too_large", "upload_timeout", "queue_full",
+                    "queue_timeout", "draining", "failed", "client_gone")
 """How a file job ended (voxfleet_router_file_jobs_total, stt_router.files): answered by a pod (done, or
-refused: the pod's own error answer relayed), or by the router (unauthorized, bad_request, too_large,
+refused: the pod's own error answer relayed), or by the router (unauthorized, bad_request, too_large, upload_timeout,
 queue_full, queue_timeout, draining, failed: every attempt failed, or the pod's stream ended in an error
 event), or its client left first (client_gone)."""
 FILE_RETRY_REASONS = ("refused", "failed")
@@ -72,6 +72,10 @@ class RouterMetrics:
         self.pods_ready = Gauge(p + "pods_ready", "Pods that take new sessions", registry=r)
         self.pods_known = Gauge(p + "pods_known", "Pods discovered", registry=r)
         self.free_slots = Gauge(p + "free_slots", "Free session slots over the ready pods", registry=r)
+        self.reserved_slots = Gauge(p + "reserved_slots", "Session slots reserved for a priority class (--reserve: "
+                                    "its share of the ready pods' slots, rounded up)", ["priority"], registry=r)
+        self.reserved_slots_in_use = Gauge(p + "reserved_slots_in_use", "Reserved session slots that sessions of "
+                                           "their class hold now (through this router)", ["priority"], registry=r)
         self.ready = Gauge(p + "ready", "1 when this router accepts sessions", registry=r)
         self.draining = Gauge(p + "draining", "1 while this router drains before shutdown", registry=r)
         self.file_jobs_queued = Gauge(p + "file_jobs_queued", "File transcription jobs waiting for a pod's file slot", registry=r)

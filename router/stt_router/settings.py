@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stt_router.reserve import parse_reserve
 from voxfleet.settings import setting
 
 ENV_PREFIX = "VOXFLEET_ROUTER_"
@@ -45,10 +46,14 @@ class RouterSettings:
                              choices=("pack", "spread"))
     max_queue: int = setting(100, "sessions waiting for a slot; more are refused with close 1013")
     max_queue_wait_seconds: float = setting(30.0, "longest a session waits for a slot before close 1013")
+    reserve: str = setting("", "reserved capacity: CLASS=SHARE,... (e.g. high=0.2): that share of the pool's session "
+                               "slots (rounded up) only sessions of that priority class may take; classes high, "
+                               "normal, low, each share in [0, 1), together below 1; empty: none")
 
     # --- the file lane (POST /v1/audio/transcriptions)
     max_upload_bytes: int = setting(25 << 20, "largest uploaded file the router takes (OpenAI's limit is 25 MiB); "
                                                "larger gets 413. The router holds each upload until its answer is sent")
+    upload_timeout_seconds: float = setting(300.0, "time a client has to send its whole upload; slower gets 408")
     max_file_queue: int = setting(64, "file jobs waiting for a pod's file slot; more get 429")
     max_file_queue_bytes: int = setting(256 << 20, "bytes of uploads waiting for a file slot; more get 429")
     file_queue_timeout_seconds: float = setting(300.0, "longest a file job waits for a file slot before 503")
@@ -107,8 +112,11 @@ class RouterSettings:
             raise ValueError("--max-upload-bytes must be positive and the file queue bounds not negative")
         if self.file_queue_timeout_seconds < 0:
             raise ValueError("--file-queue-timeout-seconds must not be negative")
+        if self.upload_timeout_seconds <= 0:
+            raise ValueError("--upload-timeout-seconds must be positive")
         if self.file_attempts < 1:
             raise ValueError("--file-attempts must be at least 1")
+        parse_reserve(self.reserve)  # ValueError names what is wrong
         if self.status_failure_threshold < 1:
             raise ValueError("--status-failure-threshold must be at least 1")
 

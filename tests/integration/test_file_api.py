@@ -158,3 +158,21 @@ def test_uploads_over_the_limits_are_413(pod_factory):
     assert caught.value.status_code == 413 and "longer than" in str(caught.value)
     short = clips(SHORT)[0]
     assert wer(short.text, api.audio.transcriptions.create(model="whisper-1", file=short.path.open("rb")).text) < 0.5
+
+
+def test_an_upload_slower_than_the_limit_is_408_and_frees_its_slot(pod_factory):
+    import socket
+
+    slow = pod_factory("--upload-timeout-seconds", "1", "--max-file-jobs", "1")
+    boundary = "voxfleetboundary"
+    head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", slow.port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\x00" * 1000)  # then nothing more
+        answer = sock.recv(65536).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert '"upload_timeout"' in answer
+    short = clips(SHORT)[0]  # the one file slot is free again
+    assert wer(short.text, client(slow).audio.transcriptions.create(model="whisper-1",
+                                                                  file=short.path.open("rb")).text) < 0.5
