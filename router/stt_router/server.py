@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import http
 import json
@@ -36,7 +37,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
-from stt_router import apikeys, workers
+from stt_router import apikeys, placement, workers
 from stt_router.apikeys import ANONYMOUS, ApiKeys, AuthError, KeyLimits, Principal
 from stt_router.discovery import static_targets
 from stt_router.files import FileLane
@@ -46,6 +47,7 @@ from stt_router.pool import Pool
 from stt_router.queue import QueueFull, SessionQueue
 from stt_router.relay import NativeRelay, WhisperLiveRelay, abort
 from stt_router.replay import RelayState
+from stt_router.reserve import Reserve
 from stt_router.settings import RouterSettings
 from stt_router.splice import PodConnection
 from stt_router.tokens import InvalidToken, Pin, RouterTokens, signer_for
@@ -65,10 +67,27 @@ def is_whisperlive(obj: dict) -> bool:
 
 
 @dataclasses.dataclass(eq=False)
+class SessionSlots:
+    """The pod slots one session holds (0 or 1; 2 for a moment during a failover), and its priority class.
+
+    Reserved capacity counts slots by class. The session's handler task owns this object (in
+    `_SESSION`, a context variable of that task): every place and release of its slots happens
+    in that task (open_leg, the relay's run and failover), also where the release does not name
+    the session (`release_pod`)."""
+
+    cls: str
+    held: int = 0
+
+
+_SESSION: contextvars.ContextVar[SessionSlots | None] = contextvars.ContextVar("voxfleet_session_slots", default=None)
+
+
+@dataclasses.dataclass(eq=False)
 class Ticket:
     """A session's place in the queue, as its waiting coroutine sees it."""
 
     exclude: frozenset[str]
+    slots: SessionSlots = dataclasses.field(default_factory=lambda: SessionSlots("normal"))
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     pod: PodView | None = None
     position: int | None = None
@@ -85,6 +104,11 @@ class RouterServer:
         self.pool = Pool(settings.placement, settings.status_interval_seconds, settings.status_timeout_seconds,
                          self._dispatch, failure_threshold=settings.status_failure_threshold)
         self.queue = SessionQueue(settings.max_queue, settings.max_queue_wait_seconds)
+        self.reserve = Reserve.parse(settings.reserve)
+        self.in_use: collections.Counter[str] = collections.Counter()  # slots held through this router, by class
+        for cls in self.reserve.shares:
+            self.metrics.reserved_slots.labels(cls)
+            self.metrics.reserved_slots_in_use.labels(cls)
         anonymous = Principal(ANONYMOUS, settings.anonymous_max_sessions, settings.anonymous_priority, True) \
             if settings.anonymous else None
         rules = apikeys.read_keys(settings.api_keys) if settings.api_keys else []
@@ -202,15 +226,27 @@ class RouterServer:
     # --- placement and the queue
 
     def _dispatch(self) -> None:
-        """Give free slots to the head of the queue, in order; tell the others their new place."""
-        while (waiter := self.queue.peek()) is not None:
-            pod = self.pool.choose(waiter.item.exclude)
+        """Give free slots to the queue, in order; tell the others their new place.
+
+        With reserved capacity (--reserve) a waiter whose class may not take any of the free
+        slots (they are all reserved, unused, for other classes) is passed over, and one behind it
+        whose class has a reserve takes a reserved slot."""
+        for waiter in list(self.queue):
+            ticket = waiter.item
+            if self.reserve:
+                free = self.pool.free_slots
+                if free <= 0:
+                    break
+                if not self.reserve.may_take(ticket.slots.cls, self._total_slots(), free, self.in_use):
+                    continue
+            pod = self.pool.choose(ticket.exclude)
             if pod is None:
                 break
-            self.queue.pop()
+            self.queue.remove(waiter)
             pod.placed()
-            waiter.item.pod = pod
-            waiter.item.changed.set()
+            self._hold(ticket.slots)
+            ticket.pod = pod
+            ticket.changed.set()
         for waiter, position in self.queue.positions():
             if waiter.item.position != position:
                 waiter.item.position = position
@@ -225,6 +261,30 @@ class RouterServer:
         self.metrics.pods_known.set(len(self.pool.pods))
         self.metrics.pods_ready.set(self.pool.ready_pods)
         self.metrics.free_slots.set(self.pool.free_slots)
+        if self.reserve:
+            for cls, n in self.reserve.slots(self._total_slots()).items():
+                self.metrics.reserved_slots.labels(cls).set(n)
+                self.metrics.reserved_slots_in_use.labels(cls).set(min(n, self.in_use[cls]))
+
+    def _total_slots(self) -> int:
+        return placement.total_slots(self.pool.pods.values())
+
+    def _hold(self, slots: SessionSlots) -> None:
+        slots.held += 1
+        self.in_use[slots.cls] += 1
+
+    def _session(self, cls: str) -> SessionSlots:
+        """The slots of the session this task serves, of class `cls` (its first placement sets it)."""
+        slots = _SESSION.get()
+        if slots is None or (slots.held == 0 and slots.cls != cls and cls != "failover"):
+            slots = SessionSlots("normal" if cls == "failover" else cls)
+            _SESSION.set(slots)
+        return slots
+
+    def reserve_status(self) -> dict:
+        """Each reserving class: slots reserved now, and held by its sessions through this router."""
+        total = self._total_slots()
+        return {cls: {"slots": n, "in_use": self.in_use[cls]} for cls, n in self.reserve.slots(total).items()}
 
     async def acquire(self, priority: str, client: ServerConnection | None,
                       notify: Callable[[int], Awaitable[None]] | None, exclude: frozenset[str] = frozenset(),
@@ -233,7 +293,7 @@ class RouterServer:
         loop = asyncio.get_running_loop()
         if self.draining and bounded:
             raise ProtocolError(ErrorCode.DRAINING, "this router is draining; connect again", CloseCode.TRY_AGAIN_LATER)
-        ticket = Ticket(exclude)
+        ticket = Ticket(exclude, self._session(priority))
         try:
             waiter = self.queue.push(ticket, priority, loop.time(), bounded)
         except QueueFull as exc:
@@ -277,6 +337,12 @@ class RouterServer:
             self._dispatch()
 
     def release_pod(self, pod: PodView) -> None:
+        slots = _SESSION.get()
+        if slots is not None and slots.held > 0:
+            slots.held -= 1
+            self.in_use[slots.cls] -= 1
+            if self.in_use[slots.cls] <= 0:
+                del self.in_use[slots.cls]
         pod.released()
         self._dispatch()
 
@@ -453,6 +519,7 @@ class RouterServer:
                 raise ProtocolError(reply.get("code", ErrorCode.UNKNOWN_SESSION), reply.get("message", "resume refused"),
                                     CloseCode.POLICY)
             pod.own_sessions += 1
+            self._hold(self._session(pin.priority))
             pin = dataclasses.replace(pin, pod_token=reply["resume_token"])
             state = RelayState.resumed(pin, self.settings.max_replay_seconds, self.settings.max_replay_bytes,
                                        resume.last_seq, resume.last_segment_id, int(reply.get("next_seq", 0)))
@@ -529,6 +596,7 @@ class RouterServer:
             "sessions": len(self.relays) + len(self.whisperlive),
             "queued": len(self.queue),
             "free_slots": self.pool.free_slots,
+            "reserve": self.reserve_status(),
             "file_jobs": self.files.active,
             "file_jobs_queued": len(self.files.queue),
             "placement": self.settings.placement,

@@ -130,3 +130,152 @@ def test_total_slots_counts_the_pods_that_take_sessions():
     draining = PodView("b", "ws://b", 1, ready=True, reachable=True, draining=True, capacity=4)
     gone = PodView("c", "ws://c", 2, ready=False, reachable=False, capacity=4)
     assert total_slots([ready, draining, gone]) == 4
+
+
+# ------------------------------------------------------------------ the router's queue dispatch
+
+
+class Session:
+    """One session's task against a RouterServer: take a slot (queueing if need be), hold it until told to leave."""
+
+    def __init__(self, router, priority: str):
+        import asyncio
+
+        self.router, self.priority = router, priority
+        self.leave = asyncio.Event()
+        self.pod = None
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self):
+        self.pod = await self.router.acquire(self.priority, None, None)
+        await self.leave.wait()
+        self.router.release_pod(self.pod)
+
+    @property
+    def placed(self) -> bool:
+        return self.pod is not None
+
+
+def reserving_router(reserve: str, capacity: int):
+    from stt_router.server import RouterServer
+    from stt_router.settings import RouterSettings
+
+    router = RouterServer(RouterSettings(pods="ws://127.0.0.1:9", anonymous=True, reserve=reserve,
+                                         max_queue_wait_seconds=60))
+    pod = router.pool.pods["p"] = PodView("p", "ws://127.0.0.1:9", 0)
+    pod.report(ready=True, draining=False, capacity=capacity, active=0)
+    return router, pod
+
+
+async def settle():
+    import asyncio
+
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def gauges(router) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    router._update_gauges()
+    return {(s.name, s.labels["priority"]): s.value for f in text_string_to_metric_families(router.metrics.render().decode())
+            if f.name.startswith("voxfleet_router_reserved_slots") for s in f.samples}
+
+
+async def test_queued_best_effort_waits_while_a_high_session_takes_the_reserved_slot():
+    router, pod = reserving_router("high=0.25", capacity=4)  # 1 of 4 reserved
+    low = [Session(router, "low") for _ in range(3)]
+    await settle()
+    assert all(s.placed for s in low)
+    waiting = Session(router, "normal")
+    await settle()
+    assert not waiting.placed and len(router.queue) == 1  # the last free slot is high's
+    assert router.reserve_status() == {"high": {"slots": 1, "in_use": 0}}
+    assert gauges(router) == {("voxfleet_router_reserved_slots", "high"): 1.0,
+                              ("voxfleet_router_reserved_slots_in_use", "high"): 0.0}
+    high = Session(router, "high")
+    await settle()
+    assert high.placed and not waiting.placed  # the key client jumps the queue
+    assert router.reserve_status() == {"high": {"slots": 1, "in_use": 1}}
+    assert gauges(router)[("voxfleet_router_reserved_slots_in_use", "high")] == 1.0
+
+    high.leave.set()  # the high session leaves: its slot goes back to the reserve
+    await settle()
+    pod.report(ready=True, draining=False, capacity=4, active=3)
+    router._dispatch()
+    await settle()
+    assert not waiting.placed and router.in_use == {"low": 3}
+
+    low[0].leave.set()  # a best-effort slot comes free: the waiting session takes it
+    await settle()
+    pod.report(ready=True, draining=False, capacity=4, active=2)
+    router._dispatch()
+    await settle()
+    assert waiting.placed and router.in_use == {"low": 2, "normal": 1}
+    for s in [*low[1:], waiting]:
+        s.leave.set()
+    await settle()
+    assert router.in_use == {}
+
+
+async def test_a_high_waiter_behind_blocked_best_effort_gets_the_reserved_slot_when_it_frees():
+    router, pod = reserving_router("high=0.5", capacity=2)  # 1 of 2 reserved
+    first = Session(router, "high")
+    second = Session(router, "high")
+    await settle()
+    assert first.placed and second.placed  # high beyond its reserve shares the rest
+    low = Session(router, "low")
+    late = Session(router, "high")
+    await settle()
+    assert not low.placed and not late.placed
+    second.leave.set()
+    await settle()
+    pod.report(ready=True, draining=False, capacity=2, active=1)
+    router._dispatch()
+    await settle()
+    # high holds 1 = its reserve, so the free slot is shared: the queue goes in order, high first anyway
+    assert late.placed and not low.placed
+    for s in (first, late):
+        s.leave.set()
+    low.task.cancel()
+    await settle()
+    assert router.in_use == {}
+
+
+async def test_without_a_reserve_the_queue_is_first_come_within_a_class():
+    router, pod = reserving_router("", capacity=1)
+    a = Session(router, "low")
+    await settle()
+    b, c = Session(router, "low"), Session(router, "high")
+    await settle()
+    assert a.placed and not b.placed and not c.placed
+    assert gauges(router) == {}
+    a.leave.set()
+    await settle()
+    pod.report(ready=True, draining=False, capacity=1, active=0)
+    router._dispatch()
+    await settle()
+    assert c.placed and not b.placed  # priority order, as always
+    c.leave.set()
+    b.task.cancel()
+    await settle()
+
+
+def test_the_router_setting_is_validated_and_has_an_environment_variable():
+    import argparse
+
+    from stt_router.settings import ENV_PREFIX, RouterSettings
+    from voxfleet import settings as settings_mod
+
+    parser = argparse.ArgumentParser()
+    settings_mod.add_arguments(parser, RouterSettings, ENV_PREFIX)
+    env = {"VOXFLEET_ROUTER_PODS": "ws://127.0.0.1:9000", "VOXFLEET_ROUTER_ANONYMOUS": "true",
+           "VOXFLEET_ROUTER_RESERVE": "high=0.2"}
+    s = settings_mod.load(RouterSettings, ENV_PREFIX, parser.parse_args([]), env)
+    assert s.reserve == "high=0.2"
+    s.validate()
+    assert settings_mod.load(RouterSettings, ENV_PREFIX, parser.parse_args(["--reserve", "normal=0.1"]),
+                             env).reserve == "normal=0.1"
+    for wrong in ("high=1.0", "vip=0.1", "high=0.5,low=0.5"):
+        with pytest.raises(ValueError, match="reserve"):
+            RouterSettings(pods="ws://127.0.0.1:9000", anonymous=True, reserve=wrong).validate()
