@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0)
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-PROTOCOLS = ("native", "whisperlive")
-"""Values of the `protocol` label (stt_pod.native, stt_pod.whisperlive)."""
+PROTOCOLS = ("native", "whisperlive", "realtime")
+"""Values of the `protocol` label (stt_pod.native, stt_pod.whisperlive, stt_pod.realtime)."""
 
 
 FILE_OUTCOMES = ("done", "refused", "failed", "client_gone")

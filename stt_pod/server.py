@@ -3,9 +3,10 @@
 It binds first (so /healthz answers while the model loads), loads and warms
 the model, and only then reports ready. Every connection's first message says
 which protocol it speaks (native `start`/`resume`, or WhisperLive's `uid`
-object). SIGTERM starts a drain: /readyz turns 503, new sessions are refused
-with 1013, active ones continue until they end or `drain_timeout_seconds`
-passes; then every remaining session is flushed to finals and closed 1001.
+object); a connection to /v1/realtime speaks OpenAI's Realtime API (stt_pod.realtime).
+SIGTERM starts a drain: /readyz turns 503, new sessions are refused with 1013,
+active ones continue until they end or `drain_timeout_seconds` passes; then
+every remaining session is flushed to finals and closed 1001.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import logging
 import signal
 import socket
 import time
+from dataclasses import replace
 
 from aiohttp import web
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from stt_pod import native, whisperlive
+from stt_pod import native, realtime, whisperlive
 from stt_pod.engine import EngineConfig, WhisperEngine
 from stt_pod.file_api import FileApi
 from stt_pod.metrics import PodMetrics
@@ -165,7 +167,8 @@ class PodServer:
             raise ProtocolError(ErrorCode.FULL, f"all {self.settings.max_sessions} sessions are in use",
                                 CloseCode.TRY_AGAIN_LATER)
 
-    def open_session(self, start: p.Start, protocol: str) -> Session:
+    def open_session(self, start: p.Start, protocol: str, **stream_options) -> Session:
+        """`stream_options`: StreamConfig fields the session sets itself (the realtime front end's turn detection)."""
         self.admit()
         s = self.settings
         if not self.engine.transcribes(start.language):
@@ -181,6 +184,7 @@ class PodServer:
             context_seconds=s.context_seconds, final_merge_seconds=s.final_merge_seconds, prompt=start.prompt,
             previous_text=start.previous_text,
         )
+        config = replace(config, **stream_options)
         stream = SessionStream(config, StreamingVad().feed)
         session = Session(start, stream, self.scheduler, self.metrics, s.max_reorder_frames, protocol)
         self.sessions[session.id] = session
@@ -243,6 +247,8 @@ class PodServer:
     # --- connections
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if realtime.is_realtime_path(ws.request.path):  # OpenAI's Realtime API: the server speaks first
+            return await realtime.serve_realtime(self, ws)
         try:
             first = await asyncio.wait_for(ws.recv(), self.settings.start_timeout_seconds)
         except asyncio.TimeoutError:
@@ -289,7 +295,7 @@ class PodServer:
         if refused is not None:
             return refused
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            if request.path.split("?")[0] in ("/", "/v1/stream"):
+            if request.path.split("?")[0] in ("/", "/v1/stream") or realtime.is_realtime_path(request.path):
                 return None
             return respond(http.HTTPStatus.NOT_FOUND, "no WebSocket endpoint here; connect to /\n")
         path = request.path.split("?")[0]
