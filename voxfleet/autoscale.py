@@ -13,6 +13,11 @@ The rules it enforces:
 - Capacity is session slots. Only warm pods serve. Pods still starting count
   as capacity on its way, so one burst is not answered twice.
 - Never below min_replicas (the prewarmed pods), never above max_replicas.
+- Reserved capacity (a priority class's share of all slots, rounded up, that
+  only its sessions may take) is kept free on top of the buffer: the buffer is
+  for everyone else, and the reserve stays free for its class until the class
+  uses it (its use is subtracted when the caller measures it; unmeasured, the
+  whole reserve counts as unused).
 - Scale up at once when free slots fall below the buffer or anyone waits. The
   buffer covers the sessions that arrive before a pod asked for now can serve
   (Little's law: arrival rate x (reaction + start-to-ready time)), less those
@@ -53,6 +58,9 @@ class PoolPolicy:
     """Share of all session slots (and of model time) the policy aims to fill."""
     buffer: int = 2
     """Least free slots to keep for arrivals; the Little's-law buffer may be larger."""
+    reserve: tuple[tuple[str, float], ...] = ()
+    """Reserved capacity: (priority class, share of all session slots) pairs. Each class's share of the
+    serving slots, rounded up, is kept free for that class on top of the buffer (less what it uses)."""
     scale_up_stabilization_seconds: float = 0.0
     """Scale up to the lowest recommendation of this window (0: at once)."""
     scale_up_max_step: int = 10
@@ -83,6 +91,8 @@ class PoolPolicy:
             raise ValueError("sessions_per_pod must be at least 1")
         if not 0 < self.target_utilization <= 1:
             raise ValueError("target_utilization must be in (0, 1]")
+        if any(not 0 <= share < 1 for _, share in self.reserve) or self.reserve_share >= 1:
+            raise ValueError("reserve shares must be in [0, 1) and add up to less than 1")
         if self.scale_up_max_step < 1 or self.scale_down_max_step < 1:
             raise ValueError("max steps must be at least 1")
         for name in ("buffer", "scale_up_stabilization_seconds", "scale_down_stabilization_seconds",
@@ -101,6 +111,7 @@ class PoolPolicy:
             min_replicas=spec.min_replicas, max_replicas=spec.max_replicas,
             sessions_per_pod=spec.sessions_per_pod, target_utilization=spec.target_utilization,
             buffer=spec.buffer,
+            reserve=tuple(sorted((str(k), float(v)) for k, v in (getattr(spec, "reserve", None) or {}).items())),
             scale_up_stabilization_seconds=spec.scale_up.stabilization_seconds,
             scale_up_max_step=spec.scale_up.max_step,
             scale_down_stabilization_seconds=spec.scale_down.stabilization_seconds,
@@ -109,6 +120,14 @@ class PoolPolicy:
         )
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def reserve_share(self) -> float:
+        return sum(share for _, share in self.reserve)
+
+    def reserved_slots(self, total: int) -> int:
+        """Slots reserved in a pool of `total` slots: each class's share, rounded up (as the router counts)."""
+        return sum(reserved_slots(total, share) for _, share in self.reserve)
 
 
 @dataclass(frozen=True)
@@ -139,6 +158,9 @@ class Observations:
     """Sessions one pod admits, as the pods report it; None: the policy's sessions_per_pod."""
     compute_per_audio_second: float | None = None
     """Model seconds spent per second of audio received, over the pool; None: not used."""
+    reserved_in_use: int | None = None
+    """Reserved slots their classes hold now (the routers' voxfleet_router_reserved_slots_in_use); None:
+    unknown, the whole reserve counts as unused."""
     draining: frozenset[int] = frozenset()
     """Ordinals the cluster shows marked draining (adopted if the state does not know them)."""
     pod_sessions: Mapping[int, int] | None = None
@@ -223,6 +245,25 @@ class Decision:
 
 
 # ------------------------------------------------------------------ internals
+
+def reserved_slots(total: int, share: float) -> int:
+    """A share of `total` slots, rounded up (stt_router.reserve counts the same way)."""
+    if total <= 0 or share <= 0:
+        return 0
+    return min(total, math.ceil(share * total - 1e-9))
+
+
+def pods_with_reserve(need: int, per_pod: int, policy: PoolPolicy, in_use: int) -> int:
+    """Fewest pods whose slots hold `need` slots plus the reserve they carry that is not in use."""
+    pods = max(0, math.ceil(need / per_pod))
+    if not policy.reserve:
+        return pods
+    share = policy.reserve_share
+    # The reserve grows with the pool: start near the fixed point (T - share x T >= need - in_use), then step up.
+    pods = max(pods, math.ceil((need - in_use) / (1 - share) / per_pod - 1e-9) - 1)
+    while pods * per_pod < need + max(0, policy.reserved_slots(pods * per_pod) - in_use):
+        pods += 1
+    return pods
 
 def lead_buffer(arrival_rate: float, departure_rate: float | None, lead_seconds: float, sigmas: float) -> float:
     """Free slots that cover the change in demand before a pod asked for now can serve.
@@ -356,11 +397,18 @@ def decide(obs: Observations, policy: PoolPolicy, state: ScalerState | None = No
     pinned = min(pinned, active)
     on_serving = active - pinned
     demand = on_serving + queue
+    # Reserved capacity stays free for its classes on top of the buffer (less what they use of it).
+    in_use = max(0, obs.reserved_in_use or 0)
     slots = max(math.ceil(demand / policy.target_utilization - 1e-9), demand + buffer)
-    pods_for_slots = math.ceil(slots / per_pod)
-    # What the router sees: free slots now plus pods on their way, against the buffer and the queue.
-    shortfall = buffer + queue - free - pending * per_pod
-    pods_for_free = n_serving + math.ceil(shortfall / per_pod) if shortfall > 0 else 0
+    pods_for_slots = max(math.ceil(slots / per_pod), pods_with_reserve(demand + buffer, per_pod, policy, in_use))
+    reserved = policy.reserved_slots(n_serving * per_pod)
+    unused = max(0, reserved - in_use)
+    if policy.reserve:  # the slots those pods have, their reserve on top of demand + buffer
+        slots = max(slots, demand + buffer + max(0, policy.reserved_slots(pods_for_slots * per_pod) - in_use))
+    # What the router sees: free slots now plus pods on their way, against the buffer, the reserve and the queue.
+    shortfall = buffer + unused + queue - free - pending * per_pod
+    per_new_pod = per_pod * (1 - policy.reserve_share)  # a new pod's slots, less the reserve they add
+    pods_for_free = n_serving + math.ceil(shortfall / per_new_pod - 1e-9) if shortfall > 0 else 0
     cpas = obs.compute_per_audio_second
     pods_for_compute = math.ceil(on_serving * cpas / policy.target_utilization - 1e-9) if cpas and cpas > 0 else 0
     raw = max(pods_for_slots, pods_for_free, pods_for_compute)
@@ -381,6 +429,7 @@ def decide(obs: Observations, policy: PoolPolicy, state: ScalerState | None = No
         "demand": demand, "pinnedOnDraining": pinned, "capacityPerPodUsed": per_pod, "podStartSecondsUsed": start_s,
         "leadSeconds": lead,
         "littleBuffer": None if little is None else round(little, 2), "buffer": buffer,
+        "reservedSlots": reserved, "reservedInUse": obs.reserved_in_use,
         "slotsNeeded": slots, "podsForSlots": pods_for_slots, "podsForFreeSlots": pods_for_free,
         "podsForCompute": pods_for_compute, "recommendation": recommendation,
         "scaleUpTo": up_to, "scaleDownTo": down_to, "serving": n_serving, "pending": pending,
@@ -390,13 +439,14 @@ def decide(obs: Observations, policy: PoolPolicy, state: ScalerState | None = No
     if queue:
         oldest = obs.queue_oldest_wait_seconds
         why.append(f"{queue} waiting" + (f" (oldest {oldest:.1f} s)" if oldest is not None else ""))
-    if free < buffer:
-        why.append(f"{_plural(free, 'free slot')} < buffer {buffer}")
+    if free < buffer + unused:
+        why.append(f"{_plural(free, 'free slot')} < buffer {buffer}" + (f" + reserve {unused}" if unused else ""))
     if pods_for_compute > pods_for_slots:
         why.append(f"model busy {cpas:.2f} s per audio s x {on_serving} sessions")
     need_text = (f"need {slots} slots = {_plural(max(pods_for_slots, pods_for_free, pods_for_compute), 'pod')} "
                  f"of {per_pod} for {on_serving} active + {queue} queued"
-                 + (f" ({pinned} more on draining pods)" if pinned else "") + f" + {buffer_text}")
+                 + (f" ({pinned} more on draining pods)" if pinned else "") + f" + {buffer_text}"
+                 + (f" + reserve {unused} of {reserved} unused" if policy.reserve else ""))
 
     surplus_since = state.surplus_since
     last_up, last_down = state.last_scale_up, state.last_scale_down

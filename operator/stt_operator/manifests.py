@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stt_operator.spec import (GROUP, KIND, POD_ENV_PREFIX, VERSION, SttPoolSpec, pod_setting_value)
+from stt_operator.spec import (GROUP, KIND, POD_ENV_PREFIX, VERSION, SttPoolSpec, pod_setting_value,
+                               reserve_setting)
 
 MANAGED_BY = "voxfleet-operator"
 STT_COMPONENT = "stt-pod"
@@ -277,6 +278,8 @@ def router_env(pool: PoolRef, spec: SttPoolSpec) -> list[dict[str, Any]]:
         {"name": f"{p}PLACEMENT", "value": spec.router.placement},
         {"name": f"{p}DRAIN_TIMEOUT_SECONDS", "value": str(spec.router.drain_timeout_seconds)},
     ]
+    if spec.reserve:
+        env.append({"name": f"{p}RESERVE", "value": reserve_setting(spec.reserve)})
     if spec.router.api_key_secret:
         env.append({"name": f"{p}API_KEYS", "value": API_KEYS_MOUNT})
     else:

@@ -179,6 +179,11 @@ class SttPoolSpec:
     target_utilization: float = field(0.8, "share of all session slots the autoscaler aims to fill",
                                       minimum=0.05, maximum=1.0)
     buffer: int = field(2, "free session slots to keep ready for arrivals", minimum=0, maximum=100000)
+    reserve: dict[str, float] = field(dict, "reserved capacity by priority class (high, normal, low), e.g. "
+                                      "{high: 0.2}: that share of the pool's session slots (rounded up) only "
+                                      "sessions of the class may take (an API key's class: a key client); the "
+                                      "routers keep it free for them and the autoscaler keeps it on top of buffer. "
+                                      "Each share in [0, 1), together below 1", maxProperties=3)
     scale_up: ScaleUpPolicy = field(ScaleUpPolicy, "how fast pods are added")
     scale_down: ScaleDownPolicy = field(ScaleDownPolicy, "how slowly pods are drained and removed")
     idle_seconds: int = field(300, "surplus capacity must be idle this long before it is reclaimed",
@@ -228,6 +233,18 @@ SPEC_OWNED_POD_SETTINGS = ("host", "port", "pod_id", "model", "device", "compute
 FREE_POD_SETTINGS = tuple(camel(n) for n in POD_SETTINGS if n not in SPEC_OWNED_POD_SETTINGS)
 
 
+RESERVE_CLASSES = ("high", "normal", "low")
+"""Priority classes a reserve may name: a client's classes (stt_router.apikeys.PRIORITY_ORDER)."""
+
+
+def reserve_setting(reserve: Mapping[str, float]) -> str:
+    """spec.reserve as the router's --reserve text (stt_router.reserve.parse_reserve): 'high=0.2,normal=0.05'."""
+    return ",".join(f"{name}={float(reserve[name])!r}" for name in RESERVE_CLASSES if reserve.get(name))
+
+
+_RESERVE_SUM = " + ".join(f"('{n}' in self.reserve ? self.reserve['{n}'] : 0.0)" for n in RESERVE_CLASSES)
+
+
 # ------------------------------------------------------ cross-field rules (CEL)
 
 @dataclass(frozen=True)
@@ -260,6 +277,15 @@ RULES: tuple[Rule, ...] = (
     Rule("self.prometheus.queries.all(k, k in [" + ", ".join(f"'{n}'" for n in PROMETHEUS_QUERIES) + "])",
          "prometheus.queries: unknown query name; known: " + ", ".join(PROMETHEUS_QUERIES),
          lambda s: all(k in PROMETHEUS_QUERIES for k in s.prometheus.queries)),
+    Rule("self.reserve.all(k, k in [" + ", ".join(f"'{n}'" for n in RESERVE_CLASSES) + "])",
+         "reserve: unknown priority class; known: " + ", ".join(RESERVE_CLASSES),
+         lambda s: all(k in RESERVE_CLASSES for k in s.reserve)),
+    Rule("self.reserve.all(k, self.reserve[k] >= 0.0 && self.reserve[k] < 1.0)",
+         "reserve: every share must be at least 0 and less than 1",
+         lambda s: all(0 <= v < 1 for v in s.reserve.values())),
+    Rule(f"{_RESERVE_SUM} < 1.0",
+         "reserve: the shares must add up to less than 1",
+         lambda s: sum(s.reserve.values()) < 1),
 )
 NAME_RULE_CEL = f"self.metadata.name.size() <= {MAX_NAME_LENGTH}"
 NAME_RULE_MESSAGE = f"an SttPool name may have at most {MAX_NAME_LENGTH} characters (derived object names)"
