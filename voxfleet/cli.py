@@ -181,7 +181,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from voxfleet.up import run_up
 
     return run_up(port=args.port, pods=args.pods, max_sessions=args.max_sessions, log_level=args.log_level,
-                  example=bundled_sample(), min_pods=args.min_pods, max_pods=args.max_pods)
+                  example=bundled_sample(), min_pods=args.min_pods, max_pods=args.max_pods, reserve=args.reserve)
 
 
 def cmd_operator(argv: list[str]) -> int:
@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="autoscale from the pods' load: fewest pods, always warm (default 1 with --max-pods)")
     up.add_argument("--max-pods", type=int, default=None, help="autoscale: most pods (default: --pods)")
     up.add_argument("--max-sessions", type=int, default=None, help="sessions per pod (default: the pod's own)")
+    up.add_argument("--reserve", default="", help="reserved capacity, e.g. high=0.2: that share of the slots only "
+                    "sessions of the class take (the router's --reserve; the autoscaler keeps it free)")
     up.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     up.set_defaults(func=cmd_up)
     return parser

@@ -17,6 +17,11 @@ at start, so every ordinal up to N gets its loopback port at start and the
 router is told all N addresses; one that is not running is just unreachable
 (its /status polls fail) until a pod is started on that port.
 
+Reserved capacity: `--reserve high=0.2` is given to the router as its own
+`--reserve` (that share of the slots only sessions of the class take), and to
+the autoscaling policy, which keeps the unused reserve free on top of its
+buffer (the router's voxfleet_router_reserved_slots_in_use says what is used).
+
 Stopping: the router drains first (no new sessions; active ones finish,
 bounded), then the pods drain; a second Ctrl-C asks every process to stop at
 once, a third kills them. The children run in their own process groups so a
@@ -51,6 +56,8 @@ LOCAL_IDLE_SECONDS = 60.0
 """Local scale-down stabilization and idle time: a laptop should not keep idle pods for 5 minutes."""
 RATE_WINDOW_SECONDS = 60.0
 """Window over which session arrivals and departures are measured."""
+RESERVE_CLASSES = ("high", "normal", "low")
+"""Priority classes `--reserve` may name (the router's client classes)."""
 DEFAULT_SESSIONS_PER_POD = 16
 """The pod's own default max_sessions, until the pods report their capacity."""
 
@@ -118,10 +125,33 @@ class Rates:
         return arrivals, departures
 
 
+def reserve_shares(text: str) -> tuple[tuple[str, float], ...]:
+    """`--reserve high=0.2,normal=0.05` as the policy's (class, share) pairs; ValueError for a wrong one.
+
+    The router checks the same text itself (stt_router.reserve); this is the early, friendly check."""
+    pairs: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in RESERVE_CLASSES or name in pairs:
+            raise ValueError(f"--reserve {part!r}: expected CLASS=SHARE once per class ({', '.join(RESERVE_CLASSES)})")
+        try:
+            pairs[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--reserve {part!r}: {value.strip()!r} is not a number") from None
+        if not 0 <= pairs[name] < 1:
+            raise ValueError(f"--reserve {part!r}: a share must be in [0, 1)")
+    if sum(pairs.values()) >= 1:
+        raise ValueError("--reserve: the shares must add up to less than 1")
+    return tuple(sorted(pairs.items()))
+
+
 def local_observations(now: float, replicas: int, statuses: Mapping[int, Mapping | None], draining: Iterable[int],
                        queue_length: int | None, queue_oldest_wait: float | None = None,
                        arrival_rate: float | None = None, departure_rate: float | None = None,
-                       pod_start_seconds: float | None = None) -> Observations:
+                       pod_start_seconds: float | None = None, reserved_in_use: int | None = None) -> Observations:
     """Observations from the pods' /status documents.
 
     `statuses`: every running pod's ordinal to its /status (None: the poll failed); an ordinal
@@ -142,7 +172,7 @@ def local_observations(now: float, replicas: int, statuses: Mapping[int, Mapping
         queue_length=queue_length, queue_oldest_wait_seconds=queue_oldest_wait,
         arrival_rate=arrival_rate, departure_rate=departure_rate, pod_start_seconds=pod_start_seconds,
         capacity_per_pod=max(capacities) if capacities and max(capacities) > 0 else None,
-        draining=draining, pod_sessions=None if unknown else pod_sessions)
+        draining=draining, pod_sessions=None if unknown else pod_sessions, reserved_in_use=reserved_in_use)
 
 
 def process_plan(decision: Decision, running: Mapping[int, bool]) -> tuple[list[int], list[int]]:
@@ -162,9 +192,10 @@ def router_numbers(metrics_text: str) -> dict[str, float]:
     """Queue and session counters from a router's /metrics text."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out = {"queued": 0.0, "oldest_wait": 0.0, "sessions_started": 0.0}
+    out = {"queued": 0.0, "oldest_wait": 0.0, "sessions_started": 0.0, "reserved_in_use": 0.0}
     names = {"voxfleet_router_sessions_queued": "queued", "voxfleet_router_queue_oldest_wait_seconds": "oldest_wait",
-             "voxfleet_router_sessions_total": "sessions_started"}
+             "voxfleet_router_sessions_total": "sessions_started",
+             "voxfleet_router_reserved_slots_in_use": "reserved_in_use"}
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
             key = names.get(sample.name)
@@ -180,9 +211,11 @@ def router_numbers(metrics_text: str) -> dict[str, float]:
 class LocalFleet:
     def __init__(self, port: int = 8765, pods: int = 2, max_sessions: int | None = None, log_level: str = "warning",
                  env: dict[str, str] | None = None, min_pods: int | None = None, max_pods: int | None = None,
-                 scale_interval: float = SCALE_INTERVAL):
+                 scale_interval: float = SCALE_INTERVAL, reserve: str = ""):
         if pods < 1:
             raise ValueError("--pods must be at least 1")
+        self.reserve = reserve.strip()
+        shares = reserve_shares(self.reserve)
         self.autoscaling = min_pods is not None or max_pods is not None
         if self.autoscaling:
             min_pods = 1 if min_pods is None else min_pods
@@ -217,7 +250,7 @@ class LocalFleet:
             sessions_per_pod=max_sessions or DEFAULT_SESSIONS_PER_POD,
             scale_down_stabilization_seconds=LOCAL_IDLE_SECONDS, idle_seconds=LOCAL_IDLE_SECONDS,
             drain_timeout_seconds=float(self.env.get("VOXFLEET_POD_DRAIN_TIMEOUT_SECONDS", DRAIN_SECONDS)) + 10,
-            reaction_seconds=scale_interval + 1.0)
+            reaction_seconds=scale_interval + 1.0, reserve=shares)
         self.state = ScalerState()
         self.replicas = pods
         self.rates = Rates()
@@ -255,8 +288,10 @@ class LocalFleet:
         self.pod_start_seconds = max(time.monotonic() - t for t in self.started_at.values())
         self.started_at.clear()
         pods = ",".join(f"ws://{HOST}:{p}" for p in self.ports)
-        self.router = self._spawn("router", ["router", "--host", HOST, "--port", str(self.port), "--pods", pods,
-                                             "--anonymous"], self.port)
+        args = ["router", "--host", HOST, "--port", str(self.port), "--pods", pods, "--anonymous"]
+        if self.reserve:
+            args += ["--reserve", self.reserve]
+        self.router = self._spawn("router", args, self.port)
         self._wait_ready([self.router])
 
     def _wait_ready(self, children: list[Child]) -> None:
@@ -310,7 +345,7 @@ class LocalFleet:
         arrivals, departures = self.rates.update(now, None if numbers is None else numbers["sessions_started"], active)
         return local_observations(now, self.replicas, statuses, self.draining & set(self.procs), queued,
                                   None if numbers is None else numbers["oldest_wait"], arrivals, departures,
-                                  self.pod_start_seconds)
+                                  self.pod_start_seconds, None if numbers is None else int(numbers["reserved_in_use"]))
 
     def scale_step(self, now: float | None = None) -> Decision:
         """One decision, carried out: start pods, SIGTERM the ones to drain. Returns the decision."""
@@ -387,9 +422,10 @@ def _get_json(url: str) -> dict | None:
 
 
 def run_up(port: int = 8765, pods: int = 2, max_sessions: int | None = None, log_level: str = "warning",
-           example: Path | str = "FILE", min_pods: int | None = None, max_pods: int | None = None) -> int:
+           example: Path | str = "FILE", min_pods: int | None = None, max_pods: int | None = None,
+           reserve: str = "") -> int:
     try:
-        fleet = LocalFleet(port, pods, max_sessions, log_level, min_pods=min_pods, max_pods=max_pods)
+        fleet = LocalFleet(port, pods, max_sessions, log_level, min_pods=min_pods, max_pods=max_pods, reserve=reserve)
     except ValueError as exc:
         print(f"voxfleet up: {exc}", file=sys.stderr)
         return 2

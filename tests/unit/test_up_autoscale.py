@@ -76,7 +76,7 @@ def test_router_numbers_parse_the_metrics_text():
             'voxfleet_router_sessions_total{protocol="whisperlive",kind="start"} 1\n'
             'voxfleet_router_sessions_total{protocol="native",kind="resume"} 2\n')
     # Arrivals are new sessions (the router's kind="start", as the operator's query counts): resumes are not.
-    assert up.router_numbers(text) == {"queued": 3, "oldest_wait": 1.5, "sessions_started": 8}
+    assert up.router_numbers(text) == {"queued": 3, "oldest_wait": 1.5, "sessions_started": 8, "reserved_in_use": 0}
 
 
 def test_fleet_sizes():
