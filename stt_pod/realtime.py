@@ -313,19 +313,25 @@ def logprobs(words: list[Word]) -> list[dict[str, Any]]:
 class Item:
     id: str
     start: float  # session seconds where its audio begins
-    end: float | None = None  # where it was committed
+    end: float | None = None  # where its turn ended (None: still open)
     words_sent: int = 0  # partial words already sent as deltas
-    heard: bool = False  # speech in it closed: a final will come for it
+    announced: bool = False  # its `committed` event went out
 
 
 @dataclass
 class Items:
-    """Turns VAD turns, commits, partials and finals into OpenAI's item events."""
+    """Turns VAD turns, commits, partials and finals into OpenAI's item events.
+
+    Items are cut where the pod's VAD closes a turn (every final is one turn, or several
+    merged) and where the client commits. With server VAD a turn's item is committed when
+    it closes; without turn detection it is committed when its transcript is ready or at
+    the client's next commit, whichever comes first. `committed` events go out in item order.
+    """
 
     logprobs: bool = False
     new_id: Callable[[], str] = field(default=lambda: "item_" + uuid.uuid4().hex[:20])
     current: Item | None = None
-    pending: deque = field(default_factory=deque)  # committed, awaiting their transcript (oldest first)
+    pending: deque = field(default_factory=deque)  # turns ended, awaiting their transcript (oldest first)
     previous_id: str | None = None  # the last item committed
     last_end: float = 0.0
 
@@ -334,50 +340,71 @@ class Items:
             self.current = Item(self.new_id(), self.last_end if start is None else start)
         return self.current
 
-    def _commit(self, item: Item, at: float) -> dict[str, Any]:
+    def _close(self, item: Item, at: float) -> None:
+        """The item's turn ended at `at`: it waits for its transcript."""
         item.end = max(at, item.start)
         self.last_end = max(self.last_end, item.end)
         if self.current is item:
             self.current = None
-        event = server_event("input_audio_buffer.committed", item_id=item.id, previous_item_id=self.previous_id)
-        self.previous_id = item.id
-        return event
+        self.pending.append(item)
 
-    def _completed(self, item: Item, words: list[Word]) -> dict[str, Any]:
+    def _announce(self, upto: Item | None = None) -> list[dict[str, Any]]:
+        """`committed` for the waiting items not announced yet, oldest first, up to `upto`."""
+        events = []
+        for item in self.pending:
+            if not item.announced:
+                item.announced = True
+                events.append(server_event("input_audio_buffer.committed", item_id=item.id,
+                                           previous_item_id=self.previous_id))
+                self.previous_id = item.id
+            if item is upto:
+                break
+        return events
+
+    def _completed(self, item: Item, words: list[Word]) -> list[dict[str, Any]]:
+        """The oldest waiting item's transcript (announced first if it was not)."""
+        events = self._announce(item)
+        self.pending.remove(item)
         seconds = max(0.0, (item.end or item.start) - item.start)
         event = server_event("conversation.item.input_audio_transcription.completed", item_id=item.id,
                              content_index=0, transcript=join(words), usage={"type": "duration",
                                                                               "seconds": round(seconds, 3)})
         if self.logprobs:
             event["logprobs"] = logprobs(words)
-        return event
+        return events + [event]
 
     def speech_started(self, at: float) -> list[dict[str, Any]]:
         item = self._current(at)
         return [server_event("input_audio_buffer.speech_started", item_id=item.id, audio_start_ms=round(at * 1000))]
 
     def speech_stopped(self, at: float) -> list[dict[str, Any]]:
-        """Server VAD closed the speech: the item is committed, its final will follow."""
+        """Server VAD closed the turn: its item is committed, its final will follow."""
         item = self._current()
-        item.heard = True
         stopped = server_event("input_audio_buffer.speech_stopped", item_id=item.id, audio_end_ms=round(at * 1000))
-        events = [stopped, self._commit(item, at)]
-        self.pending.append(item)
-        return events
+        self._close(item, at)
+        return [stopped] + self._announce(item)
 
-    def heard(self) -> None:
-        """Speech closed without turn detection: the open item will get a final."""
-        self._current().heard = True
+    def turn_closed(self, at: float) -> None:
+        """The VAD closed a turn without turn detection: its item waits, not yet committed."""
+        self._close(self._current(), at)
 
     def commit(self, at: float, flushed: bool) -> list[dict[str, Any]]:
-        """The client committed; `flushed`: open speech was closed now (its final will follow)."""
-        item = self._current()
-        events = [self._commit(item, at)]
-        if flushed or item.heard:
-            self.pending.append(item)
-        else:
-            events.append(self._completed(item, []))  # no speech in it: nothing will come
-        return events
+        """The client committed; `flushed`: open speech was closed now (its final will follow).
+
+        The commit's item is the open one; with no open speech, the last turn not yet committed;
+        with neither, a new item of no speech, completed at once (empty)."""
+        if flushed or self.current is not None and self.current.words_sent:
+            item = self._current()
+            self._close(item, at)
+            return self._announce(item)
+        hidden = [i for i in self.pending if not i.announced]
+        if hidden:
+            return self._announce(hidden[-1])
+        item = Item(self.new_id(), self.last_end)
+        if self.current is not None:  # an open item with nothing said: it is this one
+            item = self.current
+        self._close(item, at)
+        return self._completed(item, [])
 
     def partial(self, text: str) -> list[dict[str, Any]]:
         """A delta with the partial's words past those the open item already sent."""
@@ -393,24 +420,23 @@ class Items:
                              delta=delta)]
 
     def final(self, words: list[Word]) -> list[dict[str, Any]]:
-        """A final's words, to the committed items they were spoken in (the open item if none is)."""
+        """A final's words, to the items whose turns they were spoken in (the open item if no turn ended)."""
         events: list[dict[str, Any]] = []
         words = list(words)
         while words:
-            if not self.pending:  # a final of speech not committed yet: commit it now
-                item = self._current(min(self.last_end, words[0].start))
-                events.append(self._commit(item, words[-1].end))
-                self.pending.append(item)
-            item = self.pending.popleft()
-            mine = words if not self.pending else [w for w in words if w.start < item.end]
+            if not self.pending:  # a final of speech whose turn has not ended (a forced split, partial commits)
+                self._close(self._current(min(self.last_end, words[0].start)), words[-1].end)
+            item = self.pending[0]
+            mine = words if len(self.pending) == 1 else [w for w in words if w.start < item.end]
             words = words[len(mine):]
-            events.append(self._completed(item, mine))
+            events += self._completed(item, mine)
         return events
 
     def end(self) -> list[dict[str, Any]]:
-        """The session ends: every committed item still waiting is completed (empty)."""
-        events = [self._completed(item, []) for item in self.pending]
-        self.pending.clear()
+        """The session ends: every item still waiting is completed (empty)."""
+        events: list[dict[str, Any]] = []
+        while self.pending:
+            events += self._completed(self.pending[0], [])
         return events
 
 
@@ -540,7 +566,7 @@ class Connection:
             self.utterances = stream.utterances
             at = stream.total / p.MODEL_SAMPLE_RATE
             if self.config.turn_detection is None:
-                self.items.heard()
+                self.items.turn_closed(at)
             else:
                 if not self.speaking:
                     self.emit(self.items.speech_started(self.items.last_end))

@@ -204,10 +204,25 @@ def test_a_client_commit():
     # A commit of audio with no speech in it: nothing will come, so it completes now, empty.
     events = valid(items.commit(2.0, flushed=False))
     assert kinds(events) == ["input_audio_buffer.committed", "completed"] and events[1]["transcript"] == ""
-    # Speech the VAD closed while turn detection was off: the commit waits for its final.
-    items.heard()
-    [committed] = items.commit(3.0, flushed=False)
+    # Speech the VAD closed while turn detection was off: the commit is that turn's, and waits for its final.
+    items.turn_closed(3.0)
+    [committed] = valid(items.commit(3.2, flushed=False))
     assert valid(items.final(words(2.2, "yes")))[0]["item_id"] == committed["item_id"]
+
+
+def test_without_turn_detection_turns_are_committed_in_order_when_ready_or_at_the_commit():
+    items = Items(new_id=counter())
+    assert items.partial("one") and items.turn_closed(1.0) is None  # the VAD cut a turn: no event yet
+    events = valid(items.final(words(0.2, "One.")))
+    assert kinds(events) == ["input_audio_buffer.committed", "completed"] and events[0]["item_id"] == "item_0"
+    items.turn_closed(2.0)  # a turn whose final is still decoding ...
+    items.partial("three")
+    events = valid(items.commit(3.0, flushed=True))  # ... when the client commits the speech after it
+    assert [(e["type"], e["item_id"]) for e in events] == [("input_audio_buffer.committed", "item_1"),
+                                                           ("input_audio_buffer.committed", "item_2")]
+    assert events[1]["previous_item_id"] == "item_1"
+    events = valid(items.final(words(1.2, "two") + words(2.4, "three")))
+    assert [(e["item_id"], e["transcript"]) for e in events] == [("item_1", "two"), ("item_2", "three")]
 
 
 def test_logprobs_come_from_word_probabilities():
