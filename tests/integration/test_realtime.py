@@ -295,6 +295,10 @@ async def test_limits_close_with_the_native_codes(pod_factory):
     async with connect(url, additional_headers={"Authorization": "Bearer anything"}) as holder:
         assert json.loads(await holder.recv())["type"] == "session.created"
         await holder.send(json.dumps({"type": "input_audio_buffer.append", "audio": b64(silence(0.2))}))  # takes the slot
+        await holder.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        answered = [json.loads(await holder.recv()) for _ in range(2)]  # the slot is taken once this is answered
+        assert [m["type"] for m in answered] == ["input_audio_buffer.committed", COMPLETED], answered
+        assert answered[1]["transcript"] == "", "a commit of silence completes at once, empty"
 
         async with connect(url) as full:  # no room: an error, then 1013 as on the native front end
             messages = await receive_until_closed(full)
