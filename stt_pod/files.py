@@ -43,6 +43,8 @@ percentile) stay under -50 dBFS. Both, because neither alone is safe on the dev 
 -36 dBFS but the VAD, deep in a long file, rates them 0.15; silence and noise rate 0.11 at most."""
 VAD_CHUNK = 512  # samples per Silero VAD probability
 PAUSE_CHUNKS = 16  # about half a second: a pause where a chapter may be cut
+MAX_WORD_SECONDS = 2.0
+"""Longer words are alignment stretched over speech the decoder skipped (see `keep_words`)."""
 PREVIOUS_CHARACTERS = 1000
 """Text kept for the next window's conditioning (the engine trims it to its token budget)."""
 _ids = itertools.count()
@@ -141,8 +143,14 @@ def keep_words(words: list[Word], window_seconds: float, last: bool) -> tuple[li
     The file's last window keeps everything. A window cut mid-audio keeps the
     words that end before its last `TAIL_SECONDS` and hands the rest to the
     next window, which starts where the last kept word ended (or at the tail,
-    when none was kept: silence, or one long word).
+    when none was kept: silence, or one long word). A word's end is taken as
+    at most `MAX_WORD_SECONDS` after its start: when the decoder stops early
+    (greedy decoding of a sonnet can say "2." for 30 s of speech), alignment
+    stretches its last word over the speech it did not transcribe, and the
+    next window must start there, not after it.
     """
+    words = [w if w.end - w.start <= MAX_WORD_SECONDS else Word(w.text, w.start, w.start + MAX_WORD_SECONDS,
+                                                                   w.probability) for w in words]
     if last:
         return words, window_seconds
     boundary = window_seconds - TAIL_SECONDS

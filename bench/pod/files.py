@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import shlex
 import sys
@@ -54,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-offline", action="store_true", help="skip the offline references")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pod-files.json")
     ap.add_argument("--docs", action="store_true", help="rewrite the pod-files section of docs/benchmarks.md")
-    ap.add_argument("--plot", type=Path, help="write a bar chart of throughput here")
+    ap.add_argument("--plot", type=Path, help="write a plot of throughput against WER here")
+    ap.add_argument("--replot", action="store_true", help="only redraw --plot and the docs from --out's results")
     return ap.parse_args(argv)
 
 
@@ -154,6 +156,13 @@ def offline_runs(work: list[Clip], long: Clip, beams: list[int]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        summary = json.loads(args.out.read_text())
+        if args.plot:
+            plot(summary, args.plot)
+        if args.docs:
+            write_docs(summary, args.plot)
+        return 0
     beams = [int(b) for b in args.beams.split(",")]
     work = [c for c in clips()] * args.repeat
     logs = args.out.parent / "logs"
@@ -176,22 +185,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(summary: dict, path: Path) -> None:
+    """Throughput against WER, one panel per workload: up and to the left is better."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = summary["results"]
-    labels = [f"{r['system'].replace('faster-whisper ', '')}\n{r['mode']}\nbeam {r['beam']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4))
-    colors = ["tab:blue" if r["system"].startswith("voxfleet") else "tab:gray" for r in rows]
-    bars = ax.bar(range(len(rows)), [r["throughput"] for r in rows], color=colors)
-    for bar, r in zip(bars, rows):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"WER {100 * r['wer']:.1f}%", ha="center",
-                va="bottom", fontsize=7)
-    ax.set_xticks(range(len(rows)), labels, fontsize=6)
-    ax.set_ylabel("audio seconds per wall second")
-    ax.set_title(f"File transcription throughput, {summary['clips']} short clips, {summary['machine']['nproc']} cores")
+    panels = (("short clips, one request each", lambda r: r["mode"] != "one long file" and "long" not in r["mode"]),
+              ("the clips joined into one recording", lambda r: "long" in r["mode"]))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (title, keep) in zip(axes, panels):
+        for r in filter(keep, summary["results"]):
+            pod = r["system"].startswith("voxfleet")
+            ax.scatter(100 * r["wer"], r["throughput"], marker="o" if pod else "s",
+                       color="tab:blue" if pod else "tab:gray", s=40)
+            label = f"{'pod' if pod else 'offline'}, {r['mode'].replace('one long file, ', '').replace('one long file', 'sequential' if not pod else 'chapters')}, beam {r['beam']}"
+            ax.annotate(label, (100 * r["wer"], r["throughput"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("WER % (lower is better)")
+        ax.set_ylabel("audio seconds per wall second")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"File transcription: speed against accuracy, {summary['machine']['nproc']} cores "
+                 f"(blue: voxfleet pod over HTTP, grey: faster-whisper in-process)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -36,7 +36,7 @@ def w(text: str, start: float, end: float) -> Word:
 
 
 def test_a_cut_window_hands_its_tail_words_to_the_next_window():
-    words = [w(" one", 1.0, 2.0), w(" two", 20.0, 28.5), w(" thr", 29.2, 30.0)]
+    words = [w(" one", 1.0, 2.0), w(" two", 27.5, 28.5), w(" thr", 29.2, 30.0)]
     kept, advance = keep_words(words, 30.0, last=False)
     assert kept == words[:2] and advance == 28.5
     kept, advance = keep_words(words, 30.0, last=True)  # the file's end: nothing comes after
@@ -122,3 +122,11 @@ def test_only_windows_without_a_voice_or_any_sound_count_as_silent():
     assert not silent(unlikely, whisper, 0, len(whisper))  # the VAD may rate a whisper low: its sound counts
     assert not silent(likely, quiet, 0, len(quiet))
     assert not silent(None, quiet, 0, len(quiet))  # no VAD: every window is decoded
+
+
+def test_a_word_stretched_over_skipped_speech_does_not_move_the_next_window_past_it():
+    from stt_pod.files import MAX_WORD_SECONDS
+
+    kept, advance = keep_words([w(" 2.", 0.5, 23.2)], 30.0, last=False)  # greedy decoding said only "2."
+    assert advance == 0.5 + MAX_WORD_SECONDS
+    assert kept[0].end == 0.5 + MAX_WORD_SECONDS  # and its time is told as a word's, not as 22 s
