@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import re
+import signal
 import urllib.request
 
 import numpy as np
@@ -85,6 +86,7 @@ class Transcript:
         self.completed: dict[str, str] = {}
         self.sending = False
         self.deltas_while_sending = 0
+        self.close_code: int | None = None
         self._changed = asyncio.Event()
 
     def add(self, event) -> None:
@@ -101,8 +103,12 @@ class Transcript:
         self._changed.set()
 
     async def listen(self, conn) -> None:
-        async for event in conn:
-            self.add(event)
+        """Receive until the pod closes; `close_code` says how."""
+        try:
+            while True:
+                self.add(await conn.recv())
+        except ConnectionClosed as closed:
+            self.close_code = closed.rcvd.code if closed.rcvd else None
 
     @property
     def settled(self) -> bool:
@@ -320,3 +326,43 @@ async def test_limits_close_with_the_native_codes(pod_factory):
     with pytest.raises(InvalidStatus):
         async with connect(f"{pod.url}/v1/realtimes"):
             pass
+
+
+async def test_a_16_khz_client_says_so_in_its_format(pod):
+    name = "en_mfa_redfox_normal"
+    [clip] = clips(name)
+    data, rate = sf.read(str(clip.path), dtype="int16")
+    assert rate == 16000
+    seen = Transcript()
+    update = transcription(SERVER_VAD)
+    update["audio"]["input"]["format"]["rate"] = 16000
+    async with sdk(pod).realtime.connect(model="gpt-4o-transcribe", extra_query={"intent": "transcription"}) as conn:
+        _, updated, listener = await session(conn, seen, update)
+        try:
+            assert updated.session.audio.input.format.rate == 16000
+            seen.sending = True
+            pcm = data.astype("<i2").tobytes() + np.zeros(16000, dtype="<i2").tobytes()
+            for i in range(0, len(pcm), 3200):  # 100 ms at 16 kHz
+                await conn.input_audio_buffer.append(audio=b64(pcm[i : i + 3200]))
+                await asyncio.sleep(PACE)
+            seen.sending = False
+            await commit_and_settle(conn, seen)
+        finally:
+            listener.cancel()
+    assert_as_accurate_as_offline((name,), seen.text)
+
+
+async def test_a_drain_completes_the_open_turn_and_closes_1001(pod_factory):
+    pod = pod_factory("--drain-timeout-seconds", "1")
+    name = "en_jfk_ask_not"
+    seen = Transcript()
+    async with sdk(pod).realtime.connect(model="gpt-4o-transcribe", extra_query={"intent": "transcription"}) as conn:
+        _, _, listener = await session(conn, seen, transcription(SERVER_VAD))
+        await stream(conn, seen, pcm24(name))  # no trailing silence: the last turn is still open
+        pod.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WAIT):
+            await listener
+    assert seen.close_code == 1001
+    assert seen.settled, "every committed item was completed before the close"
+    assert_as_accurate_as_offline((name,), seen.text)
+    assert pod.process.wait(30) == 0, pod.log_text()
