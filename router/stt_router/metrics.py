@@ -33,7 +33,7 @@ LAG_WINDOW = 10
 """The gauge shows the largest of the last this many samples (one second), so a scrape does not miss a stall."""
 
 
-SESSION_SERIES = (("native", "start"), ("native", "resume"), ("whisperlive", "start"))
+SESSION_SERIES = (("native", "start"), ("native", "resume"), ("whisperlive", "start"), ("realtime", "start"))
 """The (protocol, kind) label pairs of voxfleet_router_sessions_total (stt_router.server)."""
 
 FILE_JOB_REASONS = ("done", "refused", "unauthorized", "bad_request", "too_large", "upload_timeout", "queue_full",

@@ -3,7 +3,9 @@
 Every connection's first message says what it wants: a native `start`
 (place it on a pod, queueing when none has room), a native `resume` (verify
 the router token and reconnect to the pod it names: no shared store between
-replicas) or a WhisperLive opening (`uid`; placed, then relayed as is). The
+replicas) or a WhisperLive opening (`uid`; placed, then relayed as is). A WebSocket to
+`/v1/realtime` is an OpenAI Realtime session (realtime_relay.py): the server speaks first, so
+it is admitted at the handshake and relayed as is from the pod's first event. The
 API key is checked before any pod is touched. SIGTERM drains: /readyz turns
 503, new sessions are refused with 1013, sessions continue until they end or
 `drain_timeout_seconds` passes; the rest are told to resume (close 1012)
@@ -38,6 +40,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 
 from stt_router import apikeys, placement, workers
+from stt_router import realtime_relay as rt
 from stt_router.apikeys import ANONYMOUS, ApiKeys, AuthError, KeyLimits, Principal
 from stt_router.discovery import static_targets
 from stt_router.files import FileLane
@@ -45,6 +48,7 @@ from stt_router.metrics import RouterMetrics, watch_event_loop_lag
 from stt_router.placement import PodView
 from stt_router.pool import Pool
 from stt_router.queue import QueueFull, SessionQueue
+from stt_router.realtime_relay import RealtimeRelay
 from stt_router.relay import NativeRelay, WhisperLiveRelay, abort
 from stt_router.replay import RelayState
 from stt_router.reserve import Reserve
@@ -117,6 +121,7 @@ class RouterServer:
         self.tokens = RouterTokens(signer_for(settings.secrets()), settings.token_ttl_seconds)
         self.relays: dict[str, NativeRelay] = {}
         self.whisperlive: set[WhisperLiveRelay] = set()
+        self.realtime: set[RealtimeRelay] = set()
         self.files = FileLane(self)  # POST /v1/audio/transcriptions (files.py)
         self._pins: collections.OrderedDict[str, Pin] = collections.OrderedDict()
         self.draining = False
@@ -198,7 +203,7 @@ class RouterServer:
         for waiter in list(self.queue):
             waiter.item.changed.set()  # they see `draining` and leave
         deadline = time.monotonic() + self.settings.drain_timeout_seconds
-        while ((self.relays or self.whisperlive or self.files.active or len(self.files.queue))
+        while ((self.relays or self.whisperlive or self.realtime or self.files.active or len(self.files.queue))
                and time.monotonic() < deadline and not self._stopped.is_set()):
             await asyncio.sleep(0.2)
         await self.stop()
@@ -209,7 +214,7 @@ class RouterServer:
         self.draining = True
         self.metrics.ready.set(0)
         await asyncio.gather(*(relay.shutdown() for relay in list(self.relays.values())), return_exceptions=True)
-        for wl in list(self.whisperlive):
+        for wl in [*self.whisperlive, *self.realtime]:
             abort(wl.pod_ws)
         self.pool.stop()
         if self._watcher is not None:
@@ -346,11 +351,14 @@ class RouterServer:
         pod.released()
         self._dispatch()
 
-    async def open_leg(self, first_message: str, priority: str, *, client: ServerConnection | None,
+    async def open_leg(self, first_message: str | None, priority: str, *, client: ServerConnection | None,
                        notify: Callable[[int], Awaitable[None]] | None, exclude: frozenset[str] = frozenset(),
-                       bounded: bool = True) -> tuple[PodView, ClientConnection, dict, str]:
+                       bounded: bool = True, path: str = "", headers: dict[str, str] | None = None,
+                       ) -> tuple[PodView, ClientConnection, dict, str]:
         """Place a session and open it on the pod: (pod, connection, the pod's first reply, as sent).
 
+        `first_message` goes to the pod first (None: the pod speaks first, as Realtime pods do);
+        `path` and `headers` are the pod leg's (a Realtime session's `/v1/realtime?...`).
         A pod that refuses as full or draining, or cannot be reached, is passed
         over and the session is placed again (bounded tries)."""
         tries = max(3, len(self.pool.pods) + 1)
@@ -358,14 +366,15 @@ class RouterServer:
         for _ in range(tries):
             pod = await self.acquire(priority, client, notify, exclude, bounded)
             try:
-                pod_ws = await self._connect_pod(pod.url)
+                pod_ws = await self._connect_pod(pod.url.rstrip("/") + path if path else pod.url, headers)
             except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 last = f"pod {pod.name} unreachable: {exc}"
                 self.pool.lost(pod.name)
                 self.release_pod(pod)
                 continue
             try:
-                await pod_ws.send(first_message)
+                if first_message is not None:
+                    await pod_ws.send(first_message)
                 raw = await asyncio.wait_for(pod_ws.recv(), self.settings.pod_connect_timeout_seconds)
                 reply = json.loads(raw) if isinstance(raw, str) else {}
                 if not isinstance(reply, dict):
@@ -376,21 +385,23 @@ class RouterServer:
                 self.pool.lost(pod.name)
                 self.release_pod(pod)
                 continue
-            full = reply.get("type") == "error" and reply.get("code") in REFUSED_BY_POD
-            if full or reply.get("status") == "WAIT":  # WhisperLive's way of saying full
-                last = f"pod {pod.name}: {reply.get('message')}"
-                self.pool.refused(pod.name, reply.get("code") == ErrorCode.DRAINING)
+            code = reply.get("code") if reply.get("type") == "error" else None
+            code = code if code in REFUSED_BY_POD else rt.refusal(reply)  # a Realtime pod's error event
+            if code is not None or reply.get("status") == "WAIT":  # WAIT: WhisperLive's way of saying full
+                last = f"pod {pod.name}: {reply.get('message') or code}"
+                self.pool.refused(pod.name, code == ErrorCode.DRAINING)
                 abort(pod_ws)
                 self.release_pod(pod)
                 continue
-            if reply.get("type") == "ready" or reply.get("message") == "SERVER_READY" or "uid" in reply:
+            if (reply.get("type") == "ready" or reply.get("message") == "SERVER_READY" or "uid" in reply
+                    or rt.opened(reply)):
                 self.metrics.placements.labels(str(pod.ordinal)).inc()
             return pod, pod_ws, reply, raw
         raise ProtocolError(ErrorCode.FULL, f"no pod took the session after {tries} tries ({last})",
                             CloseCode.TRY_AGAIN_LATER)
 
-    async def _connect_pod(self, url: str) -> PodConnection:
-        return await connect(url, open_timeout=self.settings.pod_connect_timeout_seconds, max_size=None,
+    async def _connect_pod(self, url: str, headers: dict[str, str] | None = None) -> PodConnection:
+        return await connect(url, additional_headers=headers, open_timeout=self.settings.pod_connect_timeout_seconds, max_size=None,
                              compression=None, ping_interval=self.settings.ping_interval_seconds,
                              ping_timeout=self.settings.ping_timeout_seconds, close_timeout=5,
                              user_agent_header="voxfleet-router", create_connection=PodConnection)
@@ -398,6 +409,8 @@ class RouterServer:
     # --- sessions
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if rt.is_realtime_path(ws.request.path):
+            return await self._handle_realtime(ws)
         protocol = "native"
         uid = None
         try:
@@ -437,10 +450,16 @@ class RouterServer:
         except AuthError as exc:
             raise ProtocolError(exc.code, exc.message, CloseCode.POLICY) from None
 
-    async def _refuse(self, ws: ServerConnection, exc: ProtocolError, uid: str | None = None) -> None:
+    async def _refuse(self, ws: ServerConnection, exc: ProtocolError, uid: str | None = None,
+                      realtime: bool = False) -> None:
         self.metrics.refusals.labels(exc.code).inc()
         log.info("refused %s: %s: %s", ws.remote_address, exc.code, exc.message)
-        message = {"uid": uid, "status": "ERROR", "message": exc.message} if uid is not None else exc.to_message()
+        if realtime:
+            message = rt.error_event(exc.code, exc.message)
+        elif uid is not None:
+            message = {"uid": uid, "status": "ERROR", "message": exc.message}
+        else:
+            message = exc.to_message()
         try:
             await ws.send(p.encode(message))
             await ws.close(exc.close_code, exc.code)
@@ -573,6 +592,49 @@ class RouterServer:
         finally:
             self.limits.release(principal)
 
+    async def _handle_realtime(self, ws: ServerConnection) -> None:
+        """An OpenAI Realtime client (realtime_relay.py): admitted at the handshake, since the server speaks first."""
+        try:
+            principal = self._authenticate(ws)
+            if self.draining:
+                raise ProtocolError(ErrorCode.DRAINING, "this router is draining; connect again",
+                                    CloseCode.TRY_AGAIN_LATER)
+            await self._serve_realtime(ws, principal)
+        except ProtocolError as exc:
+            await self._refuse(ws, exc, realtime=True)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("realtime connection failed")
+            await self._refuse(ws, ProtocolError(ErrorCode.INTERNAL, "internal error", CloseCode.INTERNAL),
+                               realtime=True)
+
+    async def _serve_realtime(self, ws: ServerConnection, principal: Principal) -> None:
+        self._limit(principal)
+        try:
+            request = ws.request
+            pod, pod_ws, _, raw = await self.open_leg(None, principal.priority, client=ws, notify=None,
+                                                      path=rt.pod_path(request.path),
+                                                      headers=rt.forwarded_headers(request.headers))
+            try:
+                await ws.send(raw)  # the pod's session.created, as it wrote it
+            except ConnectionClosed:
+                await _close_pod_leg(pod_ws)
+                self.release_pod(pod)
+                raise
+            relay = RealtimeRelay(self, ws, pod, pod_ws)
+            self.realtime.add(relay)
+            self.metrics.sessions_total.labels("realtime", "start").inc()
+            self.metrics.sessions_active.labels("realtime").inc()
+            log.info("realtime session on pod %s (%s priority)", pod.name, principal.priority)
+            try:
+                await relay.run()
+            finally:
+                self.realtime.discard(relay)
+                self.metrics.sessions_active.labels("realtime").dec()
+        finally:
+            self.limits.release(principal)
+
     # --- pins a replica remembers (the client may hold an older token after a failover)
 
     def remember(self, pin: Pin) -> None:
@@ -593,7 +655,7 @@ class RouterServer:
             "pid": os.getpid(),
             "ready": self.is_ready,
             "draining": self.draining,
-            "sessions": len(self.relays) + len(self.whisperlive),
+            "sessions": len(self.relays) + len(self.whisperlive) + len(self.realtime),
             "queued": len(self.queue),
             "free_slots": self.pool.free_slots,
             "reserve": self.reserve_status(),
@@ -630,9 +692,9 @@ class RouterServer:
         if refused is not None:
             return refused
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            if path in ("/", "/v1/stream"):
+            if path in ("/", "/v1/stream") or rt.is_realtime_path(path):
                 return None
-            return respond(http.HTTPStatus.NOT_FOUND, "no WebSocket endpoint here; connect to /\n")
+            return respond(http.HTTPStatus.NOT_FOUND, "no WebSocket endpoint here; connect to / or /v1/realtime\n")
         if path == "/healthz":
             return respond(http.HTTPStatus.OK, "ok\n")
         if path == "/readyz":

@@ -24,8 +24,9 @@ def test_session_counters_start_at_zero_for_every_protocol_and_kind():
 def test_the_pairs_are_the_ones_the_server_counts():
     source = SERVER.read_text()
     kinds = set(re.findall(r'_relay\([^)]*"(start|resume)"\)', source))
-    assert {("native", kind) for kind in kinds} | {("whisperlive", "start")} == set(SESSION_SERIES)
+    assert {("native", kind) for kind in kinds} | {("whisperlive", "start"), ("realtime", "start")} == set(SESSION_SERIES)
     assert 'sessions_total.labels("whisperlive", "start")' in source
+    assert 'sessions_total.labels("realtime", "start")' in source
 
 
 FILES = SERVER.parent / "files.py"
