@@ -30,7 +30,9 @@ How a leg ends decides what happens next:
   loss drops the pod connection abruptly, so the pod holds the session for a
   resume through any router replica.
 
-WhisperLive sessions are relayed message for message without failover.
+WhisperLive sessions, and OpenAI Realtime sessions (realtime_relay.RealtimeRelay, the same
+relay), are relayed message for message without failover: neither protocol has sequence
+numbers, so a pod that fails or drains them closes their client with its own code.
 
 This runs once per audio frame (10 a second per session, thousands a second
 per router): no JSON, no task switch, no await, no metric lock per frame on
