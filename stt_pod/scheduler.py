@@ -14,10 +14,12 @@ The policy is pure and lives in `pick_batch`:
 - a session has at most one queued partial: a newer one replaces it;
 - a partial that waited longer than `partial_max_wait` is dropped, so under
   overload partials go first and finals keep their pace;
-- file windows take only the slots live jobs leave, and at most
-  `file_batch_with_live` of them while live sessions are open (0: none until
-  the last one ends): a file-only batch holds the model for its whole
-  length, and a final that arrives meanwhile waits for it.
+- file windows take only the capacity live sessions leave. While any live
+  session is open, a file window never rides in a batch with live jobs (it
+  would slow them), and file-only batches of at most `file_batch_with_live`
+  windows start only while every live session is quiet (`live_quiet`: no
+  utterance open, no decode pending): a final cannot be needed before the
+  next utterance ends, so a short file batch is done before it is.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
 log = logging.getLogger(__name__)
 
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+FILE_POLL_SECONDS = 0.05
+"""How often file windows held back for speaking live sessions look again whether the sessions are quiet."""
 KIND_RANK = {FINAL: 0, PARTIAL: 1, FILE: 2}
 
 Decode = Callable[[list[Job]], list[list[Word]]]
@@ -58,8 +62,11 @@ class Pending:
 
 
 def pick_batch(queue: list[Pending], max_batch: int, now: float, partial_max_wait: float,
-               max_file: int | None = None) -> tuple[list[Pending], list[Pending], list[Pending]]:
-    """Split the queue into (batch to run now, stale partials to drop, the rest); at most `max_file` file windows."""
+               max_file: int | None = None, mix_files: bool = True) -> tuple[list[Pending], list[Pending], list[Pending]]:
+    """Split the queue into (batch to run now, stale partials to drop, the rest).
+
+    At most `max_file` file windows; none beside live jobs unless `mix_files`.
+    """
     stale = [p for p in queue if p.job.kind == PARTIAL and now - p.enqueued > partial_max_wait]
     live = sorted((p for p in queue if p not in stale), key=lambda p: p.order)
     turns: dict[tuple, int] = {}  # jobs each session already has ahead in its kind and priority class
@@ -72,10 +79,11 @@ def pick_batch(queue: list[Pending], max_batch: int, now: float, partial_max_wai
     ranked.sort(key=lambda item: item[0])
     fair = [p for _, p in ranked]
     batch = fair[:max_batch]
-    if max_file is not None:
-        files = [p for p in batch if p.job.kind == FILE]
-        if len(files) > max_file:
-            batch = batch[: len(batch) - len(files) + max_file]  # file windows rank last: trim from the end
+    files = [p for p in batch if p.job.kind == FILE]
+    if not mix_files and len(files) < len(batch):
+        max_file = 0
+    if max_file is not None and len(files) > max_file:
+        batch = batch[: len(batch) - len(files) + max_file]  # file windows rank last: trim from the end
     return batch, stale, fair[len(batch):]
 
 
@@ -86,10 +94,11 @@ class SchedulerClosed(Exception):
 class BatchScheduler:
     def __init__(self, decode: Decode, max_batch: int = 8, batch_window: float = 0.025,
                  partial_max_wait: float = 1.5, metrics=None, clock: Callable[[], float] = time.monotonic,
-                 file_batch_with_live: int = 1):
+                 file_batch_with_live: int = 1, live_quiet: Callable[[], bool] = lambda: True):
         self._decode = decode
         self.max_batch = max(1, max_batch)
         self.file_batch_with_live = file_batch_with_live
+        self._live_quiet = live_quiet
         self._live_sessions = 0
         self.batch_window = batch_window
         self.partial_max_wait = partial_max_wait
@@ -182,15 +191,20 @@ class BatchScheduler:
                 if self.batch_window > 0:
                     await asyncio.sleep(self.batch_window)  # let near-simultaneous jobs join
             now = self._clock()
-            max_file = self.file_batch_with_live if self.live_sessions else None
-            batch, stale, rest = pick_batch(self._queue, self.max_batch, now, self.partial_max_wait, max_file)
+            live = self._live_sessions > 0
+            max_file = (self.file_batch_with_live if self._live_quiet() else 0) if live else None
+            batch, stale, rest = pick_batch(self._queue, self.max_batch, now, self.partial_max_wait, max_file,
+                                            mix_files=not live)
             for p in stale:
                 self._drop(p, "stale")
             self._queue = rest
             self._gauge()
-            if not batch and not stale:  # only file windows, held back while live sessions are open
+            if not batch and not stale:  # only file windows, held back while live sessions speak
                 self._wake.clear()
-                await self._wake.wait()
+                try:  # new work or a session change wakes the loop; quiet is looked at again every FILE_POLL
+                    await asyncio.wait_for(self._wake.wait(), FILE_POLL_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
                 continue
             batch = [p for p in batch if not p.future.done()]
             if not batch:

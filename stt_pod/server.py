@@ -94,6 +94,7 @@ class PodServer:
         self.scheduler = BatchScheduler(
             self.engine.decode, s.max_batch, s.batch_window_ms / 1000, s.partial_max_wait_ms / 1000, self.metrics,
             file_batch_with_live=s.file_batch_with_live,
+            live_quiet=lambda: all(session.quiet for session in self.sessions.values()),
         )
         self.scheduler.start()
         self.ready = True

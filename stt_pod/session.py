@@ -153,6 +153,11 @@ class Session:
         self.pump()
         return closed
 
+    @property
+    def quiet(self) -> bool:
+        """No utterance open, no decode pending: this session's next final is at least an utterance away."""
+        return not self._in_flight and not self.stream.segmenter.in_speech and not self.stream.wants_final()
+
     # --- decode work
 
     def pump(self) -> None:

@@ -68,7 +68,7 @@ class PodSettings:
     upload_timeout_seconds: float = setting(300.0, "time a client has to send its whole upload; slower gets 408")
     file_chapter_seconds: float = setting(120.0, "a long file is cut at pauses into parts about this long, decoded side by side (each part window after window, as offline)")
     file_beam_size: int = setting(5, "beam width of file windows (1 is greedy: faster, a little less accurate)")
-    file_batch_with_live: int = setting(1, "file windows in one model call while live sessions are open (the rest of the batch is theirs; 0: no file window until the last live session ends; with none open, files fill whole batches)")
+    file_batch_with_live: int = setting(1, "file windows in one model call while live sessions are open; such a call starts only while every live session is quiet, and never beside live jobs (0: no file window until the last live session ends; with none open, files fill whole batches)")
 
     # --- lifecycle
     resume_grace_seconds: float = setting(30.0, "how long a dropped session waits for its client to resume")

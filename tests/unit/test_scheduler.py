@@ -61,6 +61,14 @@ def test_with_live_sessions_open_a_batch_holds_at_most_max_file_windows():
     assert len(alone) == 5
 
 
+def test_while_live_sessions_are_open_file_windows_never_ride_with_live_jobs():
+    queue = [pending("final", FINAL, arrival=0), pending("file", FILE, arrival=1)]
+    batch, _, rest = pick_batch(queue, max_batch=8, now=0.0, partial_max_wait=10.0, max_file=1, mix_files=False)
+    assert names(batch) == ["final"] and names(rest) == ["file"]
+    batch, _, _ = pick_batch(rest, max_batch=8, now=0.0, partial_max_wait=10.0, max_file=1, mix_files=False)
+    assert names(batch) == ["file"]  # alone, it may run
+
+
 def test_file_windows_are_never_dropped_as_stale():
     queue = [pending("file", FILE, arrival=0, enqueued=0.0)]
     batch, stale, _ = pick_batch(queue, max_batch=8, now=100.0, partial_max_wait=1.0)
@@ -212,6 +220,19 @@ async def test_file_windows_wait_for_the_last_live_session_when_none_may_ride_al
     assert text((await results(s.submit("live", job(FINAL, 1))))[0]) == "m1"
     assert not upload.done() and model.batches == [[1]]  # the final ran alone; the file window waits
     s.live_sessions = 0
+    assert text((await results(upload))[0]) == "m7"
+
+
+async def test_file_windows_start_only_while_every_live_session_is_quiet(make):
+    model = FakeModel()
+    quiet = False
+    s = make(model, file_batch_with_live=1, live_quiet=lambda: quiet)
+    s.live_sessions = 2
+    s.start()
+    upload = s.submit("file", job(FILE, 7), "low")
+    assert text((await results(s.submit("live", job(FINAL, 1))))[0]) == "m1"
+    assert not upload.done() and model.batches == [[1]]  # someone is speaking: the file window waits
+    quiet = True  # nobody speaks: seen at the next look, with no new work to wake the loop
     assert text((await results(upload))[0]) == "m7"
 
 
