@@ -230,6 +230,13 @@ def write_docs(summary: dict, plot_path: Path | None) -> None:
         f"- Machine: {m['nproc']} x {m['cpu_model']}; date {summary['date']}; git {summary['git'].get('commit', '?')[:12]}",
         f"- Command: `{summary['command']}`",
         "",
+        "How to read: the rows of one workload ran one after another on the same machine. On 2 CPU cores a short "
+        "clip costs a whole 30 s encoder pass, so batching clips gains little here (it pays on a GPU); a long "
+        "recording is where the pod's chapters (decoded side by side, each window after window as offline) beat "
+        "offline sequential decoding's speed at nearly its accuracy, where BatchedInferencePipeline's independent "
+        "chunks lose 15 points. The offline figures of this run are the ones to compare with, not figures from "
+        "another day.",
+        "",
         "| system | mode | beam | audio s per wall s | WER % | CPU s per audio s |",
         "|---|---|---:|---:|---:|---:|",
         *rows,
