@@ -26,6 +26,9 @@ MAX_PROMPT_CHARS = 2_000
 """Longest initial prompt a session may give (the model reads at most 223 tokens of it)."""
 MAX_LANGUAGE_CHARS = 16
 """Longest `language` code: ISO 639 codes and Whisper's language names are shorter."""
+MIN_FINAL_SILENCE_MS = 100
+MAX_FINAL_SILENCE_MS = 10_000
+"""Bounds of a session's endpointing silence (`configure`'s `final_silence_ms`); Realtime's cap is the same."""
 MAX_TOKEN_CHARS = 4_096
 """Longest resume token: a router's token holds the whole pinning, well under this."""
 
@@ -134,6 +137,7 @@ class Start:
     prompt: str = ""  # initial prompt / hotwords: names and terms the session is likely to say
     word_timestamps: bool = False  # finals carry each word's times and probability
     previous_text: str = ""  # what the session said before this audio (a router moving it): decoding context
+    speech_events: bool = False  # send speech_started / speech_stopped from the session's VAD
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,31 @@ class Resume:
 @dataclass(frozen=True)
 class End:
     """End of audio: flush every remaining final, then close 1000."""
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Finalize everything heard so far now; the session goes on. Answered by `flushed`."""
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """A client silent on purpose: the idle timeout counts from here."""
+
+
+@dataclass(frozen=True)
+class Configure:
+    """Change a live session's options; a field left None keeps its value. Answered by `configured`."""
+
+    partials: bool | None = None
+    prompt: str | None = None
+    final_silence_ms: int | None = None
+
+
+CONTROLS = ("flush", "keepalive", "configure")
+"""Client messages that may come mid-session (between audio frames): a router relays them in order."""
+
+ClientMessage = Start | Resume | End | Flush | Keepalive | Configure
 
 
 def _require(obj: dict, key: str, kind: type | tuple, default: Any = ...) -> Any:
@@ -194,7 +223,7 @@ def decode_json(text: str | bytes) -> dict:
     return obj
 
 
-def parse_client_message(text: str | bytes) -> Start | Resume | End:
+def parse_client_message(text: str | bytes) -> ClientMessage:
     """Parse one JSON text message from a client."""
     obj = decode_json(text)
     kind = obj.get("type")
@@ -210,10 +239,11 @@ def parse_client_message(text: str | bytes) -> Start | Resume | End:
         prompt = _require(options, "prompt", str, "")
         word_timestamps = _require(options, "word_timestamps", bool, False)
         previous_text = _require(options, "previous_text", str, "")
+        speech_events = _require(options, "speech_events", bool, False)
         if len(prompt) > MAX_PROMPT_CHARS or len(previous_text) > MAX_PROMPT_CHARS:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'prompt' or 'previous_text' is longer than {MAX_PROMPT_CHARS} characters")
         return Start(parse_audio_format(obj), language or None, priority, partials, prompt, word_timestamps,
-                     previous_text)
+                     previous_text, speech_events)
     if kind == "resume":
         token = _require(obj, "token", str)
         if len(token) > MAX_TOKEN_CHARS:
@@ -223,7 +253,29 @@ def parse_client_message(text: str | bytes) -> Start | Resume | End:
         return Resume(token, last_seq, last_segment_id)
     if kind == "end":
         return End()
+    if kind == "flush":
+        return Flush()
+    if kind == "keepalive":
+        return Keepalive()
+    if kind == "configure":
+        return parse_configure(obj)
     raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {kind!r}")
+
+
+def parse_configure(obj: dict) -> Configure:
+    """A `configure` message, validated as `start` validates the same options."""
+    partials = _require(obj, "partials", bool, None)
+    prompt = _require(obj, "prompt", str, None)
+    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'prompt' is longer than {MAX_PROMPT_CHARS} characters")
+    silence = _require(obj, "final_silence_ms", int, None)
+    if silence is not None and not MIN_FINAL_SILENCE_MS <= silence <= MAX_FINAL_SILENCE_MS:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                            f"'final_silence_ms' must lie in {MIN_FINAL_SILENCE_MS}..{MAX_FINAL_SILENCE_MS}")
+    unknown = sorted(set(obj) - {"type", "partials", "prompt", "final_silence_ms"})
+    if unknown:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'configure' cannot change {', '.join(map(repr, unknown))}")
+    return Configure(partials, prompt, silence)
 
 
 def start_message(start: Start) -> dict[str, Any]:
@@ -235,7 +287,7 @@ def start_message(start: Start) -> dict[str, Any]:
         "language": start.language,
         "priority": start.priority,
         "options": {"partials": start.partials, "prompt": start.prompt, "word_timestamps": start.word_timestamps,
-                    "previous_text": start.previous_text},
+                    "previous_text": start.previous_text, "speech_events": start.speech_events},
     }
 
 
@@ -249,6 +301,17 @@ def resume_message(resume: Resume) -> dict[str, Any]:
 
 
 END = {"type": "end"}
+FLUSH = {"type": "flush"}
+KEEPALIVE = {"type": "keepalive"}
+
+
+def configure_message(configure: Configure) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "configure"}
+    for key in ("partials", "prompt", "final_silence_ms"):
+        value = getattr(configure, key)
+        if value is not None:
+            message[key] = value
+    return message
 
 # --- server messages -----------------------------------------------------------
 
@@ -291,6 +354,26 @@ def word_entry(word: str, start: float, end: float, probability: float | None) -
     if probability is not None:
         entry["probability"] = round(probability, 4)
     return entry
+
+
+def flushed(segments: list[int]) -> dict[str, Any]:
+    """A `flush` is done: its finals (these segment ids; none if nothing was open) were sent before this."""
+    return {"type": "flushed", "segments": list(segments)}
+
+
+def configured(partials: bool, prompt: str, final_silence_ms: int) -> dict[str, Any]:
+    """A `configure` took effect: the session's options now."""
+    return {"type": "configured", "partials": partials, "prompt": prompt, "final_silence_ms": final_silence_ms}
+
+
+def speech_started(at: float) -> dict[str, Any]:
+    """The VAD heard speech begin at `at` session seconds (sessions started with `speech_events`)."""
+    return {"type": "speech_started", "at": round(at, 3)}
+
+
+def speech_stopped(at: float) -> dict[str, Any]:
+    """The utterance closed at `at` session seconds (silence, a forced split, a flush or the end): its final follows."""
+    return {"type": "speech_stopped", "at": round(at, 3)}
 
 
 def ack(seq: int, committed_seq: int, committed_seconds: float) -> dict[str, Any]:

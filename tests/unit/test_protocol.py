@@ -250,3 +250,60 @@ def test_a_final_carries_its_words_only_when_given():
     message = final(0, "hi there", 0.0, 1.0, [("hi", 0.0, 0.4, 0.91234), ("there", 0.5, 1.0, None)])
     assert message["words"] == [{"word": "hi", "start": 0.0, "end": 0.4, "probability": 0.9123},
                                 {"word": "there", "start": 0.5, "end": 1.0}]
+
+
+# --- live-session controls -----------------------------------------------------
+
+
+def test_flush_and_keepalive():
+    from voxfleet.protocol import FLUSH, KEEPALIVE, Flush, Keepalive
+
+    assert parse(FLUSH) == Flush() and parse(KEEPALIVE) == Keepalive()
+
+
+def test_configure_takes_only_what_it_changes():
+    from voxfleet.protocol import Configure
+
+    assert parse({"type": "configure"}) == Configure(None, None, None)
+    assert parse({"type": "configure", "partials": False}) == Configure(False, None, None)
+    assert parse({"type": "configure", "prompt": "Voxfleet", "final_silence_ms": 800}) == Configure(None, "Voxfleet", 800)
+
+
+@pytest.mark.parametrize("ms", [100, 10_000])
+def test_final_silence_bounds_are_inclusive(ms):
+    assert parse({"type": "configure", "final_silence_ms": ms}).final_silence_ms == ms
+
+
+def test_configure_message_round_trips():
+    from voxfleet.protocol import Configure, configure_message
+
+    for change in (Configure(), Configure(True, "", 100), Configure(None, "names", None)):
+        assert parse(configure_message(change)) == change
+
+
+@pytest.mark.parametrize("obj", [
+    {"partials": "no"}, {"partials": 0}, {"prompt": 3}, {"prompt": None}, {"prompt": "x" * 2001},
+    {"final_silence_ms": 99}, {"final_silence_ms": 10_001}, {"final_silence_ms": 500.0}, {"final_silence_ms": True},
+    {"final_silence_ms": "500"}, {"language": "de"}, {"sample_rate": 8000},
+])
+def test_bad_configure_values_are_bad_messages(obj):
+    error = refused(json.dumps({"type": "configure", **obj}))
+    assert (error.code, error.close_code) == (ErrorCode.BAD_MESSAGE, CloseCode.POLICY)
+    assert error.message
+
+
+def test_speech_events_is_a_start_option():
+    start = parse({"type": "start", "options": {"speech_events": True}})
+    assert start.speech_events and not parse({"type": "start"}).speech_events
+    assert parse(start_message(start)) == start
+    assert refused(json.dumps({"type": "start", "options": {"speech_events": 1}})).code == ErrorCode.BAD_MESSAGE
+
+
+def test_control_replies():
+    from voxfleet.protocol import configured, flushed, speech_started, speech_stopped
+
+    assert flushed([3, 4]) == {"type": "flushed", "segments": [3, 4]} and flushed([])["segments"] == []
+    assert configured(False, "x", 800) == {"type": "configured", "partials": False, "prompt": "x",
+                                           "final_silence_ms": 800}
+    assert speech_started(1.23456) == {"type": "speech_started", "at": 1.235}
+    assert speech_stopped(2.0) == {"type": "speech_stopped", "at": 2.0}
