@@ -64,8 +64,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from stt_pod.session import EndEvent, Session
-from stt_pod.stream import FinalEvent
-from stt_pod.vad import CHUNK
+from stt_pod.stream import FinalEvent, SpeechWatch
 from stt_pod.words import Word, join
 from voxfleet import protocol as p
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
@@ -484,8 +483,7 @@ class Connection:
         self.seq = 0
         self.errors = 0
         self.buffered = False  # audio appended since the last commit
-        self.speaking = False  # in speech (server VAD's speech_started sent)
-        self.utterances = 0  # the stream's closed utterances already accounted for
+        self.speech: SpeechWatch | None = None  # the session's speech edges, once it opens
         self.cursor = 0
         self.partial_version = 0
         self.close_with: tuple[int, str] | None = None
@@ -540,6 +538,7 @@ class Connection:
             session.changed = self.wake  # one signal wakes the writer: the session's results and the reader's events
             session.connected = True
             self.session = session
+            self.speech = SpeechWatch(session.stream)
             self.cursor = session.outbox_base
         return self.session
 
@@ -560,25 +559,17 @@ class Connection:
     def watch_speech(self) -> None:
         """Turn the session's VAD into speech events (server VAD) and item boundaries."""
         self.collect()  # partials before a turn ends belong to the item it ends
-        stream = self.session.stream
-        seg = stream.segmenter
-        if stream.utterances != self.utterances:
-            self.utterances = stream.utterances
-            at = stream.total / p.MODEL_SAMPLE_RATE
+        for edge, at in self.speech.poll():
             if self.config.turn_detection is None:
-                self.items.turn_closed(at)
-            else:
-                if not self.speaking:
-                    self.emit(self.items.speech_started(self.items.last_end))
+                if edge == "stopped":
+                    self.items.turn_closed(at)
+            elif edge == "stopped":
                 self.emit(self.items.speech_stopped(at))
                 self.buffered = False
-            self.speaking = False
-        if seg.in_speech and not self.speaking and seg.chunks - seg.start >= seg.min_speech:
-            self.speaking = True
-            if self.config.turn_detection is not None:
-                start = max(seg.start * CHUNK / p.MODEL_SAMPLE_RATE - self.config.padding_ms / 1000,
-                            self.items.last_end)
-                self.emit(self.items.speech_started(start))
+            elif at is None:  # closed before it was reported: it began where the last item ended
+                self.emit(self.items.speech_started(self.items.last_end))
+            else:
+                self.emit(self.items.speech_started(max(at - self.config.padding_ms / 1000, self.items.last_end)))
 
     def commit(self) -> None:
         if not self.buffered or self.session is None:
@@ -586,8 +577,7 @@ class Connection:
                                 "commit")
         self.watch_speech()
         flushed = self.session.flush()
-        self.utterances = self.session.stream.utterances
-        self.speaking = False
+        self.speech.skip()
         self.buffered = False
         self.emit(self.items.commit(self.session.stream.total / p.MODEL_SAMPLE_RATE, flushed))
 

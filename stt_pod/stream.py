@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -96,6 +96,7 @@ class Job:
     prefix: str = ""  # final words inside the window: the decoder is made to say them first, then goes on
     final: bool = False  # a final's decode: the engine's final beam and encoder input, not the partials'
     beam_size: int = 0  # 0: the engine's beam for the kind; file windows bring the pod's --file-beam-size
+    first_utterance: int = -1  # a final's first utterance (in closing order), for `SessionStream.settled`
 
     @property
     def overlaps_finals(self) -> bool:
@@ -152,6 +153,7 @@ class SessionStream:
         self.agreement = LocalAgreement()
         self.next_segment_id = 0
         self.utterances = 0  # utterances closed so far (VAD, forced split, flush or finish): speech a final will cover
+        self._final_firsts: list[int] = []  # first utterance of each final in flight
         self.finished = False
         self._arrival_samples: list[int] = []  # samples received after each feed
         self._arrival_times: list[float] = []
@@ -188,6 +190,24 @@ class SessionStream:
             self._close(utt.start * CHUNK, min(utt.end * CHUNK, self.total))
         return bool(closed)
 
+    def configure(self, partials: bool | None = None, prompt: str | None = None,
+                  final_silence: float | None = None) -> None:
+        """Change the session's options mid-stream (a client's `configure`); None keeps a value.
+
+        A new final silence applies to the open utterance too; a new prompt to windows made from now on."""
+        changes = {k: v for k, v in (("partials", partials), ("prompt", prompt), ("final_silence", final_silence))
+                   if v is not None}
+        self.config = replace(self.config, **changes)
+        if final_silence is not None:
+            self.segmenter.min_silence = max(1, round(final_silence / (CHUNK / SR)))
+
+    @property
+    def settled(self) -> int:
+        """How many utterances, in closing order, have all their finals produced (or had nothing to decode)."""
+        if self._final_firsts:
+            return min(self._final_firsts)
+        return self.utterances - len(self._closed)
+
     def _close(self, start: int, end: int) -> None:
         self.utterances += 1
         self._closed.append((max(start - self._pad, 0), min(end + self._pad, self.total), min(end, self.total)))
@@ -218,11 +238,14 @@ class SessionStream:
             return jobs
         merge = int(self.config.final_merge_seconds * SR)
         while self._closed and not (merge and self.finals_in_flight + len(jobs)):
+            first = self.utterances - len(self._closed)
             start, end, speech_end = self._closed.popleft()
             while merge and self._closed and self._closed[0][1] - start <= merge:
                 _, end, speech_end = self._closed.popleft()
             if end - max(start, self.committed) >= CHUNK:
                 jobs.append(self._job(FINAL, start, end, speech_end))
+                jobs[-1].first_utterance = first
+                self._final_firsts.append(first)
             else:
                 self.committed = max(self.committed, speech_end)
         self.finals_in_flight += len(jobs)
@@ -324,6 +347,8 @@ class SessionStream:
                 events.append(PartialEvent(text, start, tentative[-1].end if tentative else start))
             return events
         self.finals_in_flight -= 1
+        if job.first_utterance in self._final_firsts:
+            self._final_firsts.remove(job.first_utterance)
         since = self.committed / SR
         if self.config.hear_context and not self.finals_in_flight:
             # Whisper, not the VAD, decides what in the context audio is speech: words it heard
@@ -361,3 +386,35 @@ class SessionStream:
         if i >= len(self._arrival_times):
             return None
         return max(0.0, now - self._arrival_times[i])
+
+
+class SpeechWatch:
+    """Speech started / stopped, from a stream's VAD: the events a client may ask for (native
+    `speech_events`, Realtime's server VAD). `poll` after feeding audio (and after a flush)."""
+
+    def __init__(self, stream: SessionStream):
+        self.stream = stream
+        self.utterances = stream.utterances  # the stream's closed utterances already accounted for
+        self.speaking = False  # speech began and was reported, its utterance not yet closed
+
+    def poll(self) -> list[tuple[str, float | None]]:
+        """New edges, in order: ("stopped", at) when an utterance closed (at: the audio received so
+        far, a "started" with at None first if its speech was never reported), ("started", at) once open
+        speech has lasted `min_speech` (at: where the VAD heard it begin)."""
+        stream, seg = self.stream, self.stream.segmenter
+        edges: list[tuple[str, float | None]] = []
+        if stream.utterances != self.utterances:
+            self.utterances = stream.utterances
+            if not self.speaking:
+                edges.append(("started", None))
+            edges.append(("stopped", stream.total / SR))
+            self.speaking = False
+        if seg.in_speech and not self.speaking and seg.chunks - seg.start >= seg.min_speech:
+            self.speaking = True
+            edges.append(("started", seg.start * CHUNK / SR))
+        return edges
+
+    def skip(self) -> None:
+        """Account for every utterance closed so far without reporting it (Realtime's commit)."""
+        self.utterances = self.stream.utterances
+        self.speaking = False

@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from stt_pod.stream import FINAL, PARTIAL, PREFIX_MARGIN, FinalEvent, Job, PartialEvent, SessionStream, StreamConfig
+from stt_pod.stream import (
+    FINAL,
+    PARTIAL,
+    PREFIX_MARGIN,
+    FinalEvent,
+    Job,
+    PartialEvent,
+    SessionStream,
+    SpeechWatch,
+    StreamConfig,
+)
 from stt_pod.vad import CHUNK
 from stt_pod.words import Word
 
@@ -490,6 +500,55 @@ def test_utterances_counts_every_closed_span_of_speech():
     assert h.stream.utterances == 2
     h.feed(np.concatenate([silence(1.5), tone(0.05), silence(1)]))  # shorter than min_speech: no utterance
     assert h.stream.utterances == 2
+
+
+def test_settled_counts_utterances_whose_finals_are_out():
+    h = Harness(no_partials(), truth=spoken(0.5, "one") + spoken(2.5, "two"), answer_kinds=())
+    h.feed(np.concatenate([silence(0.5), tone(0.6), silence(1)]))
+    assert h.stream.utterances == 1 and h.stream.settled == 0  # its final is in flight
+    h.feed(np.concatenate([silence(0.4), tone(0.6)]))
+    assert h.stream.flush() and h.stream.utterances == 2 and h.stream.settled == 0
+    [first] = h.pending
+    h.answer(first)
+    assert h.stream.settled == 1  # the second waits for its own final
+    [second] = h.pending
+    h.answer(second)
+    assert h.stream.settled == 2 and [e.text for e in h.finals] == ["one", "two"]
+
+
+def test_settled_moves_past_an_utterance_with_nothing_to_decode():
+    h = Harness(no_partials())
+    assert h.stream.settled == 0
+    h.feed(silence(1))
+    assert not h.stream.flush() and h.stream.settled == 0 == h.stream.utterances
+
+
+def test_configure_changes_partials_prompt_and_final_silence():
+    h = Harness(truth=spoken(0.5, "a", "b", "c", "d"))
+    h.stream.configure(partials=False, prompt="Voxfleet", final_silence=1.0)
+    assert h.stream.config.partials is False and h.stream.config.prompt == "Voxfleet"
+    h.feed(np.concatenate([silence(0.5), tone(2), silence(0.7)]))  # 0.7 s of quiet: not yet the new 1 s
+    assert h.kinds() == [] and h.stream.segmenter.in_speech
+    h.feed(silence(0.5))
+    assert h.kinds() == [FINAL] and h.jobs[0].prompt == "Voxfleet"
+    h.stream.configure(final_silence=0.5)  # None keeps the others
+    assert h.stream.config.final_silence == 0.5 and h.stream.config.prompt == "Voxfleet"
+
+
+def test_speech_watch_reports_start_then_stop_per_utterance():
+    h = Harness(no_partials())
+    watch = SpeechWatch(h.stream)
+    edges = []
+    for piece in (silence(0.5), tone(0.6), silence(1), tone(0.6)):
+        h.feed(piece)
+        edges += watch.poll()
+    assert [e for e, _ in edges] == ["started", "stopped", "started"]
+    assert edges[0][1] == pytest.approx(0.5, abs=0.05) and edges[1][1] > 1.1 and edges[2][1] > 2.0
+    h.stream.flush()  # a flush closes the open speech: stopped
+    assert [e for e, _ in watch.poll()] == ["stopped"]
+    h.feed(np.concatenate([silence(1), tone(0.4)]))
+    h.stream.flush()  # speech that began and closed between two polls: its start comes late, without a time
+    assert watch.poll() == [("started", None), ("stopped", h.stream.total / SR)]
 
 
 # --- bounds ----------------------------------------------------------------------------------
