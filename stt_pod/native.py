@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
-from stt_pod.session import EndEvent, Session, WarningEvent
+from stt_pod.session import EndEvent, FlushedEvent, Session, SpeechEvent, WarningEvent
 from stt_pod.stream import FinalEvent
 from voxfleet import protocol as p
 from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError
@@ -31,9 +32,9 @@ ACK_INTERVAL = 0.5
 """Seconds between acknowledgements of applied audio."""
 
 
-async def serve_native(pod: "PodServer", ws: ServerConnection, first: p.Start | p.Resume | p.End) -> None:
-    if isinstance(first, p.End):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "'end' before 'start'")
+async def serve_native(pod: "PodServer", ws: ServerConnection, first: p.ClientMessage) -> None:
+    if not isinstance(first, (p.Start, p.Resume)):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'{type(first).__name__.lower()}' before 'start'")
     if isinstance(first, p.Start):
         session = pod.open_session(first, "native")
         cursor = session.outbox_base
@@ -92,10 +93,20 @@ async def _read(pod: "PodServer", ws: ServerConnection, session: Session) -> Non
                 await session.wait_for_backlog(settings.max_backlog_seconds)
             else:
                 msg = p.parse_client_message(message)
-                if not isinstance(msg, p.End):
+                if isinstance(msg, p.Keepalive):
+                    session.last_activity = time.monotonic()  # the idle wait above restarts: any message does
+                elif isinstance(msg, p.Flush):
+                    session.request_flush()
+                elif isinstance(msg, p.Configure):
+                    session.configure(msg)
+                    config = session.stream.config
+                    await ws.send(p.encode(p.configured(config.partials, config.prompt,
+                                                        round(config.final_silence * 1000))))
+                elif isinstance(msg, p.End):
+                    session.finish()
+                    return await _wait_forever()
+                else:
                     raise ProtocolError(ErrorCode.BAD_MESSAGE, f"'{type(msg).__name__.lower()}' only opens a session")
-                session.finish()
-                return await _wait_forever()
         except ProtocolError as exc:
             pod.metrics.refusals.labels(exc.code).inc()
             _fail(session, exc)
@@ -127,6 +138,10 @@ async def _write(ws: ServerConnection, session: Session, cursor: int) -> None:
                 words = ([(w.text.strip(), w.start, w.end, w.probability) for w in event.words]
                          if session.start.word_timestamps else None)
                 await ws.send(p.encode(p.final(event.segment_id, event.text, event.start, event.end, words)))
+            elif isinstance(event, SpeechEvent):
+                await ws.send(p.encode(p.speech_started(event.at) if event.started else p.speech_stopped(event.at)))
+            elif isinstance(event, FlushedEvent):
+                await ws.send(p.encode(p.flushed(list(event.segments))))
             elif isinstance(event, WarningEvent):
                 await ws.send(p.encode(p.warning(event.code, event.message, first=event.first, last=event.last)))
             elif isinstance(event, EndEvent):

@@ -22,9 +22,9 @@ from stt_pod.audio import AudioDecoder
 from stt_pod.metrics import PodMetrics
 from stt_pod.ordering import FrameOrderer
 from stt_pod.scheduler import BatchScheduler
-from stt_pod.stream import FINAL, FinalEvent, Job, PartialEvent, SessionStream
+from stt_pod.stream import FINAL, FinalEvent, Job, PartialEvent, SessionStream, SpeechWatch
 from voxfleet.protocol import MODEL_SAMPLE_RATE as SR
-from voxfleet.protocol import CloseCode, ErrorCode, ProtocolError, Start
+from voxfleet.protocol import CloseCode, Configure, ErrorCode, ProtocolError, Start
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,22 @@ class WarningEvent:
     last: int
 
 
-Event = FinalEvent | WarningEvent | EndEvent
+@dataclass(frozen=True)
+class FlushedEvent:
+    """A client's flush is done: the finals it produced (these segment ids) are in the outbox before this."""
+
+    segments: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SpeechEvent:
+    """The VAD heard speech start, or its utterance close (sessions that asked for speech events)."""
+
+    started: bool
+    at: float  # session seconds
+
+
+Event = FinalEvent | WarningEvent | FlushedEvent | SpeechEvent | EndEvent
 
 
 class Session:
@@ -79,6 +94,9 @@ class Session:
         self._committed_seq = -1
         self._end_close_code = CloseCode.NORMAL
         self._end_error: ProtocolError | None = None
+        self._flushes: deque[tuple[int, int]] = deque()  # per pending flush: (utterances to settle, first segment id)
+        self._speech = SpeechWatch(stream) if start.speech_events else None
+        self._last_stopped = 0.0
 
     # --- audio in
 
@@ -106,6 +124,7 @@ class Session:
             samples = self.decoder.decode(payload)
             self._feed(samples, now)
             self._frame_ends.append((seq, self.stream.total))
+        self._watch_speech()
         self.pump()
 
     def _feed(self, samples: np.ndarray, now: float) -> None:
@@ -141,6 +160,7 @@ class Session:
             if self._end_error is None:
                 self._end_close_code, self._end_error = exc.close_code, exc
         self.stream.finish()
+        self._watch_speech()
         self.pump()
 
     def flush(self) -> bool:
@@ -150,9 +170,36 @@ class Session:
         if self.stream.finished:
             return False
         closed = self.stream.flush()
+        self._watch_speech()
         self.pump()
         return closed
 
+    def request_flush(self) -> None:
+        """A native client's `flush`: finalize what was heard so far; a FlushedEvent follows its finals."""
+        if self.stream.finished:
+            return
+        self.flush()
+        self._flushes.append((self.stream.utterances, self.stream.next_segment_id))
+        self._check_flushes()
+
+    def configure(self, change: Configure) -> None:
+        """A native client's `configure`: new options from the next window (and the open utterance's silence)."""
+        self.last_activity = time.monotonic()
+        silence = None if change.final_silence_ms is None else change.final_silence_ms / 1000
+        self.stream.configure(change.partials, change.prompt, silence)
+        if change.partials is False and self.partial is not None:
+            self.partial = None
+            self.partial_version += 1
+
+    def _watch_speech(self) -> None:
+        if self._speech is None:
+            return
+        for edge, at in self._speech.poll():
+            if edge == "stopped":
+                self._last_stopped = at
+                self._post(SpeechEvent(False, at))
+            else:  # a start never reported (a short utterance closed at once) began after the last one stopped
+                self._post(SpeechEvent(True, self._last_stopped if at is None else at))
     @property
     def quiet(self) -> bool:
         """No utterance open, no decode pending: this session's next final is at least an utterance away."""
@@ -168,7 +215,13 @@ class Session:
             future = self._scheduler.submit(self, job, self.start.priority)
             self._in_flight.add(future)
             future.add_done_callback(lambda f, job=job: self._done(job, f))
+        self._check_flushes()
         self._check_end()
+
+    def _check_flushes(self) -> None:
+        while self._flushes and self.stream.settled >= self._flushes[0][0]:
+            _, first = self._flushes.popleft()
+            self._post(FlushedEvent(tuple(range(first, self.stream.next_segment_id))))
 
     def _done(self, job: Job, future: asyncio.Future) -> None:
         self._in_flight.discard(future)
@@ -188,7 +241,7 @@ class Session:
                 if event.latency is not None:
                     self._metrics.final_latency.observe(event.latency)
                 self._post(event)
-            elif self.connected:
+            elif self.connected and self.stream.config.partials:
                 self._metrics.partials.inc()
                 self.partial = event
                 self.partial_version += 1

@@ -43,8 +43,10 @@ the common path; the relay latency histogram sees one frame in
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -101,6 +103,7 @@ class NativeRelay:
         self._detached = False
         self._live: PodConnection | None = None  # the pod connection the client reader sends to directly
         self._sample = 0  # frames sent since the last latency observation
+        self._controls: deque[tuple[int, str]] = deque()  # (seq of the client frame before it, message) for the sender
         client.on_write_pause = self._client_write_paused
 
     @property
@@ -200,6 +203,13 @@ class NativeRelay:
                     elif self._live is ws:
                         self._live = None  # the leg ends; its pod reader handles that
                 return
+        elif _is_control(message):
+            # flush, keepalive, configure: to the pod in order with the frames (the pod answers them)
+            if ws is not None:  # the pod has every frame before it
+                if not ws.send_now(message) and self._live is ws:
+                    self._live = None
+                return
+            self._controls.append((state.tail.last_seq, message))
         else:
             state.trailer = message  # 'end', or a message the pod will refuse
             if ws is not None and state.trailer_due():
@@ -259,9 +269,14 @@ class NativeRelay:
         while True:
             self._live = None
             wake.clear()
+            controls = self._controls
             while (frame := state.next_to_send()) is not None:
+                while controls and controls[0][0] < frame.seq:
+                    await ws.send(controls.popleft()[1])
                 await ws.send(state.pod_frame(frame))
                 self._sent(frame)
+            while controls:
+                await ws.send(controls.popleft()[1])
             if state.trailer_due():
                 state.leg.trailer_sent = True
                 await ws.send(state.trailer)
@@ -449,6 +464,15 @@ class WhisperLiveRelay:
                 forward(await src.recv())
         except ConnectionClosed:
             pass
+
+
+def _is_control(message: str) -> bool:
+    """A mid-session control message (p.CONTROLS) rather than the session's last ('end', or bad input)."""
+    try:
+        obj = json.loads(message)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and obj.get("type") in p.CONTROLS
 
 
 async def _close_quietly(ws, code: int, reason: str) -> None:
