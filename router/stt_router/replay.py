@@ -278,6 +278,10 @@ class RelayState:
             return []
         if kind == "ready":
             return []  # one per leg, handled by the relay
+        if kind == "flushed" and isinstance(msg.get("segments"), list):  # the pod's segment ids, as the client numbers them
+            return [{**msg, "segments": [int(i) + leg.seg_base for i in msg["segments"] if isinstance(i, int)]}]
+        if kind in ("speech_started", "speech_stopped") and isinstance(msg.get("at"), (int, float)):
+            return [{**msg, "at": float(msg["at"]) + leg.time_offset}]  # session time, across pods
         return [msg]
 
     def pod_text(self, raw: str) -> Sequence[str]:

@@ -109,6 +109,9 @@ def test_failover_replays_after_the_commit_point_renumbered_and_shifted():
     assert s.on_pod_message(p.ack(29, 24, 2.5)) == [p.ack(44, 44, 4.5)]
     assert s.on_pod_message(p.partial("four", 2.6, 2.9)) == [p.partial("four", 4.6, 4.9)]
     assert not s.pin_changed
+    # controls' replies speak the client's numbering and session time too
+    assert s.on_pod_message({"type": "flushed", "segments": [0]}) == [{"type": "flushed", "segments": [1]}]
+    assert s.on_pod_message({"type": "speech_started", "at": 0.5}) == [{"type": "speech_started", "at": 2.5}]
 
 
 def test_a_final_relayed_before_its_ack_is_not_heard_twice():
