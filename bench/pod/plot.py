@@ -7,8 +7,10 @@ line, then WER and server CPU against N; prints the headline (the largest N
 each target sustains, see stats.headline); and writes the table, headline,
 machine, model, date and command into docs/benchmarks.md between
 <!-- pod-bench:start --> and <!-- pod-bench:end --> (WhisperLive-protocol
-results between <!-- pod-bench-whisperlive:start/end -->), creating the file
-or the section if missing and leaving everything else in it untouched.
+results between <!-- pod-bench-whisperlive:start/end -->, a `run.py --protocols`
+comparison between <!-- pod-protocols:start/end --> with a table of protocol, N,
+p95 final latency, mean WER and WER over offline), creating the file or the
+section if missing and leaving everything else in it untouched.
 """
 
 from __future__ import annotations
@@ -38,12 +40,18 @@ the text by hand.
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
 
 
+SECTIONS = {"native": "pod-bench", "whisperlive": "pod-bench-whisperlive", "realtime": "pod-bench-realtime",
+            "protocols": "pod-protocols"}
+IMAGES = {"native": "pod-latency.png", "whisperlive": "pod-whisperlive.png", "realtime": "pod-realtime.png",
+          "protocols": "pod-protocols.png"}
+
+
 def markers(protocol: str) -> tuple[str, str]:
-    return docsection.markers("pod-bench" if protocol == "native" else "pod-bench-whisperlive")
+    return docsection.markers(SECTIONS.get(protocol, "pod-bench-whisperlive"))
 
 
 def default_image(protocol: str) -> Path:
-    return REPO / "docs" / "img" / ("pod-latency.png" if protocol == "native" else "pod-whisperlive.png")
+    return REPO / "docs" / "img" / IMAGES.get(protocol, "pod-whisperlive.png")
 
 
 def plot(results: dict, out: Path) -> None:
@@ -52,7 +60,7 @@ def plot(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    native = results["protocol"] == "native"
+    native = results["protocol"] in ("native", "realtime", "protocols")
     what = "final" if native else "completed-segment"
     fig, (ax_lat, ax_wer, ax_cpu) = plt.subplots(1, 3, figsize=(15, 4.6))
     for i, target in enumerate(results["targets"]):
@@ -103,6 +111,10 @@ def plot(results: dict, out: Path) -> None:
 def _title(results: dict) -> str:
     if results["protocol"] == "native":
         return "One voxfleet pod, native protocol"
+    if results["protocol"] == "realtime":
+        return "One voxfleet pod, OpenAI Realtime protocol"
+    if results["protocol"] == "protocols":
+        return "One voxfleet pod, three protocols: " + ", ".join(results.get("protocols", []))
     return "WhisperLive protocol: WhisperLive 0.10.0 and voxfleet"
 
 
@@ -131,7 +143,7 @@ def headline_text(results: dict) -> str:
             beyond = f" (fails at N={h['first_failure']['n']}: {h['first_failure']['why']})" if h["first_failure"] else \
                 " (every N tested passed)"
             parts.append(f"**{name}**: N={h['sustained_n']}{beyond}")
-    what = "final" if results["protocol"] == "native" else "completed-segment"
+    what = "final" if results["protocol"] in ("native", "realtime", "protocols") else "completed-segment"
     key = headlines(results)[0][1]["wer_key"] if results["targets"] else "wer_mean"
     wer_rule = ("mean WER, each stream taken relative to the same file transcribed offline, within "
                 f"{stats.WER_TOLERANCE:g} of its N=1 value" if key == "wer_excess_mean"
@@ -141,8 +153,8 @@ def headline_text(results: dict) -> str:
 
 
 def table(results: dict) -> str:
-    native = results["protocol"] == "native"
-    label = "mode" if native else "server"
+    native = results["protocol"] in ("native", "realtime", "protocols")
+    label = "target" if results["protocol"] == "protocols" else "mode" if native else "server"
     what = "final" if native else "completed"
     head = [label, "N", "segments", f"p50 {what} (s)", f"p95 {what} (s)", f"max {what} (s)"]
     if native:
@@ -166,6 +178,48 @@ def table(results: dict) -> str:
                         "–" if m.get("partials_dropped") is None else f"{m['partials_dropped']:g}"]
             rows.append("| " + " | ".join(row) + " |")
     return "\n".join(rows)
+
+
+LATENCY_DEFINITIONS = {
+    "native": "arrival of the final minus the stream time of its `end` (its last word's end)",
+    "whisperlive": "arrival of a completed segment minus the stream time of its `end`",
+    "realtime": "arrival of `...input_audio_transcription.completed` minus the stream time where the item's "
+                "audio ends: its `speech_stopped` `audio_end_ms`{shift} (the end of audio for the item the final "
+                "commit closed)",
+}
+
+
+def protocols_table(results: dict) -> str:
+    """The --protocols comparison: protocol, N, p95 final latency, mean WER, vs offline, and the spread to the
+    best protocol at the same mode and N (issue #19 asks for within 10 %)."""
+    rows = stats.protocol_rows(results["targets"])
+    modes = {r["mode"] for r in rows}
+    head = (["mode"] if len(modes) > 1 else []) + ["protocol", "N", "p95 final latency (s)", "vs best",
+                                                   "mean WER", "vs best", "WER vs offline", "streams ok"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def pct(x):
+        return "–" if x is None else f"{x * 100:+.0f} %"
+
+    for r in rows:
+        excess = r["wer_excess_mean"]
+        row = ([r["mode"]] if len(modes) > 1 else []) + [
+            r["protocol"], str(r["n"]), _fmt(r["final_p95"]), pct(r["final_p95_vs_best"]), _fmt(r["wer_mean"], 3),
+            pct(r["wer_mean_vs_best"]), "–" if excess is None else f"{excess:+.3f}", f"{r['ok']}/{r['streams']}"]
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+def protocols_text(results: dict) -> str:
+    lines = [line for line in stats.protocol_lines(results["targets"]) if line.startswith("mode=")]
+    shift = ("" if results["config"].get("realtime_latency") == "audio-end"
+             else " minus the session's `silence_duration_ms` (the VAD's end of speech, like the native `end`)")
+    defs = "; ".join(f"{p}: {LATENCY_DEFINITIONS[p].format(shift=shift)}" for p in results.get("protocols", [])
+                     if p in LATENCY_DEFINITIONS)
+    mode = results["targets"][0].get("mode") if results["targets"] else "?"
+    return (f"Same stream scripts over each protocol, a fresh `{mode}` pod per protocol, one after the other. "
+            f"Final latency per protocol: {defs}. "
+            + " ".join(f"{line}." for line in lines))
 
 
 def section(results: dict, image: Path, docs: Path, results_path: Path, plot_command: str) -> str:
@@ -204,6 +258,8 @@ def section(results: dict, image: Path, docs: Path, results_path: Path, plot_com
         "",
         f"![{_title(results)}]({image_rel})",
         "",
+        *((protocols_text(results), "", protocols_table(results), "", "All numbers per target:", "")
+          if results["protocol"] == "protocols" else ()),
         headline_text(results),
         "",
         table(results),
@@ -223,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("results", type=Path, help="a results JSON written by bench/pod/run.py")
     ap.add_argument("--out", type=Path, help="figure (default docs/img/pod-latency.png, "
                                              "docs/img/pod-whisperlive.png for WhisperLive-protocol results)")
-    ap.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md", help="markdown file to update")
+    ap.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md",
+                    help="markdown file to update (a --protocols run: section pod-protocols)")
     ap.add_argument("--no-docs", action="store_true", help="draw and print only")
     args = ap.parse_args(argv)
     results = json.loads(args.results.read_text())
@@ -231,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, out)
     print(f"wrote {repo_relative(out)}")
     print(headline_text(results).replace("**", ""))
+    if results["protocol"] == "protocols":
+        print("\n".join(stats.protocol_lines(results["targets"])))
     if not args.no_docs:
         command = shlex.join(["python", "bench/pod/plot.py", repo_relative(args.results), "--out", repo_relative(out)])
         update_docs(args.docs, results["protocol"], section(results, out.resolve(), args.docs.resolve(), args.results, command))

@@ -3,8 +3,11 @@
     python bench/pod/run.py [--streams 1,2,4,8,12,16] [--modes batched,unbatched]
                             [--seconds-per-stream 40] [--out bench/results/pod-<date>.json]
     python bench/pod/run.py --protocol whisperlive --servers whisperlive,whisperlive-batch,voxfleet
+    python bench/pod/run.py --protocols native,whisperlive,realtime --streams 8 --modes batched
 
-For each target (a pod mode, or a server for the WhisperLive comparison) it
+For each target (a pod mode, a server for the WhisperLive comparison, or with
+--protocols one pod mode spoken to over one protocol: `batched-native`,
+`batched-whisperlive`, `batched-realtime`, same stream scripts) it
 starts a real server process on 127.0.0.1, warms it with one short stream,
 then for each N runs N concurrent real-time-paced streams (bench/pod/workload.py)
 and measures what bench/pod/README.md describes. Every target runs in the same
@@ -41,13 +44,23 @@ from bench.common.resultfile import save  # noqa: E402
 
 REPO = workload.REPO
 WARMUP_STREAM = 23
+PROTOCOLS = ("native", "whisperlive", "realtime")
 """Script index of the unmeasured warm-up stream (never one of the measured streams' texts in order)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocol", choices=("native", "whisperlive"), default="native",
-                    help="wire protocol the load generator speaks (default native)")
+    ap.add_argument("--protocol", choices=("native", "whisperlive", "realtime"), default="native",
+                    help="wire protocol the load generator speaks (default native; realtime: OpenAI's Realtime "
+                         "API in transcription mode, against the --modes pods)")
+    ap.add_argument("--protocols",
+                    help="compare protocols: comma-separated from native, whisperlive, realtime; each --modes pod "
+                         "mode is run once per protocol (a fresh pod each, same audio), e.g. "
+                         "--protocols native,whisperlive,realtime --modes batched")
+    ap.add_argument("--realtime-latency", choices=("speech-end", "audio-end"), default="speech-end",
+                    help="realtime protocol: a completed item's latency counts from its speech_stopped audio_end_ms "
+                         "minus the session's silence_duration_ms (speech-end, default: like the native final's "
+                         "end, the speech's end) or from audio_end_ms itself (audio-end: after the VAD's silence)")
     ap.add_argument("--streams", default="1,2,4,8,12,16", help="comma-separated stream counts N (default 1,2,4,8,12,16)")
     ap.add_argument("--modes", default="batched,unbatched",
                     help="native protocol: pod modes to run (batched = --max-batch 8, unbatched = --max-batch 1)")
@@ -78,24 +91,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--streams takes integers, e.g. 1,2,4")
     if not args.n_values or min(args.n_values) < 1 or max(args.n_values) > servers.MAX_SESSIONS:
         ap.error(f"--streams must be between 1 and {servers.MAX_SESSIONS}")
-    names = args.modes if args.protocol == "native" else args.servers
-    args.targets = [x.strip() for x in names.split(",") if x.strip()]
-    allowed = set(servers.POD_MODES) if args.protocol == "native" else {"voxfleet", *servers.WHISPERLIVE_SERVERS}
-    bad = [t for t in args.targets if t not in allowed]
-    if bad or not args.targets:
+    if args.protocols is not None:
+        protocols = [x.strip() for x in args.protocols.split(",") if x.strip()]
+        bad = [x for x in protocols if x not in PROTOCOLS]
+        if bad or not protocols or len(set(protocols)) != len(protocols):
+            ap.error(f"--protocols takes distinct names from {', '.join(PROTOCOLS)}")
+        args.protocol = "protocols"
+        args.protocol_list = protocols
+    pod_protocol = args.protocol in ("native", "realtime", "protocols")
+    names = [x.strip() for x in (args.modes if pod_protocol else args.servers).split(",") if x.strip()]
+    allowed = set(servers.POD_MODES) if pod_protocol else {"voxfleet", *servers.WHISPERLIVE_SERVERS}
+    bad = [t for t in names if t not in allowed]
+    if bad or not names:
         ap.error(f"unknown target(s) {', '.join(bad) or '(none)'}: choose from {', '.join(sorted(allowed))}")
+    if args.protocol == "protocols":
+        # (target name, server name, protocol): one row per mode and protocol, each its own fresh pod
+        args.targets = [(f"{mode}-{proto}", mode, proto) for mode in names for proto in args.protocol_list]
+    else:
+        args.targets = [(name, name, args.protocol) for name in names]
     if args.seconds_per_stream <= 0 or args.cap_factor < 1:
         ap.error("--seconds-per-stream must be > 0 and --cap-factor >= 1")
     if args.out is None:
         stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
-        kind = "pod" if args.protocol == "native" else "pod-whisperlive"
+        kind = {"native": "pod", "whisperlive": "pod-whisperlive", "realtime": "pod-realtime",
+                "protocols": "pod-protocols"}[args.protocol]
         args.out = REPO / "bench" / "results" / f"{kind}-{stamp}.json"
     return args
 
 
-def target_info(server: servers.Server) -> dict:
+def make_server(name: str, server_name: str, log_dir: Path) -> servers.Server:
+    """The target's server; a pod mode under the target's own name (its log is <target>.log)."""
+    if server_name in servers.POD_MODES:
+        return servers.pod(name, servers.POD_MODES[server_name], log_dir)
+    return servers.make(server_name, log_dir)
+
+
+def target_info(server: servers.Server, server_name: str | None = None) -> dict:
     if server.kind == "pod":
-        extra = servers.POD_MODES.get(server.name, [])
+        extra = servers.POD_MODES.get(server_name or server.name, [])
         settings = servers.pod_settings(extra)
         return {
             "server": "voxfleet pod",
@@ -128,25 +161,37 @@ def _read(path: Path) -> str:
         return ""
 
 
-async def run_n(server: servers.Server, scripts: list[workload.StreamScript], offline: dict[int, float],
-                args: argparse.Namespace) -> dict:
-    """N concurrent streams against a running server, bounded by the cap; returns the run's record."""
-    if args.protocol == "native":
+def stream_function(server: servers.Server, protocol: str, args: argparse.Namespace, linger: float):
+    """The load generator for `protocol`: (script, record) -> coroutine filling the record."""
+    if protocol == "native":
         import native_stream
 
         def stream(script, record):
             return native_stream.run_stream(server.url, script, record)
+    elif protocol == "realtime":
+        import realtime_stream
+
+        def stream(script, record):
+            return realtime_stream.run_stream(server.url, script, record,
+                                              speech_end=args.realtime_latency == "speech-end")
     else:
         import whisperlive_stream
 
         def stream(script, record):
-            return whisperlive_stream.run_stream(server.url, script, record, linger=args.linger)
+            return whisperlive_stream.run_stream(server.url, script, record, linger=linger)
+    return stream
+
+
+async def run_n(server: servers.Server, scripts: list[workload.StreamScript], offline: dict[int, float],
+                args: argparse.Namespace, protocol: str) -> dict:
+    """N concurrent streams against a running server, bounded by the cap; returns the run's record."""
+    stream = stream_function(server, protocol, args, args.linger)
 
     n = len(scripts)
     records = [StreamRecord(s.index, s.voice, round(s.seconds, 3), offline_wer=offline.get(s.index)) for s in scripts]
     audio = max(s.seconds for s in scripts)
     cap = args.cap_factor * audio + args.stagger_seconds * (n - 1)
-    if args.protocol == "whisperlive":
+    if protocol == "whisperlive":
         cap += args.linger
     begun = time.monotonic()
 
@@ -248,17 +293,10 @@ def _scrape(server: servers.Server) -> dict | None:
         return None
 
 
-async def warm_up(server: servers.Server, args: argparse.Namespace) -> str:
+async def warm_up(server: servers.Server, args: argparse.Namespace, protocol: str) -> str:
     script = workload.stream_script(WARMUP_STREAM, 3.0)
     record = StreamRecord(script.index, script.voice, script.seconds)
-    if args.protocol == "native":
-        import native_stream
-
-        coro = native_stream.run_stream(server.url, script, record)
-    else:
-        import whisperlive_stream
-
-        coro = whisperlive_stream.run_stream(server.url, script, record, linger=2.0)
+    coro = stream_function(server, protocol, args, 2.0)(script, record)
     try:
         await asyncio.wait_for(coro, 120)
     except asyncio.TimeoutError:
@@ -275,14 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_reference:
         print("offline reference WER of each stream (the model alone, before any server runs) ...", flush=True)
         offline = dict(zip((s.index for s in scripts), reference.offline_wers(scripts, _model_path())))
-    if any(t in servers.WHISPERLIVE_SERVERS for t in args.targets):
+    if any(server_name in servers.WHISPERLIVE_SERVERS for _, server_name, _ in args.targets):
         servers.setup_whisperlive()
     log_dir = args.out.with_suffix("")
     log_dir = log_dir.parent / (log_dir.name + "-logs")
     log_dir.mkdir(parents=True, exist_ok=True)
     results = {
         "kind": "pod-bench",
-        "protocol": args.protocol,
+        "protocol": args.protocol,  # native | whisperlive | realtime | protocols (each target its own)
+        "protocols": getattr(args, "protocol_list", [args.protocol]),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": shlex.join(["python", "bench/pod/run.py", *(sys.argv[1:] if argv is None else argv)]),
         "git": git_state(),
@@ -291,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             "streams": args.n_values, "seconds_per_stream": args.seconds_per_stream, "cap_factor": args.cap_factor,
             "speech": args.speech,
             "stagger_seconds": args.stagger_seconds, "rest_seconds": args.rest_seconds,
-            "gap_seconds": workload.GAP_SECONDS, "linger_seconds": args.linger if args.protocol == "whisperlive" else None,
+            "gap_seconds": workload.GAP_SECONDS,
+            "linger_seconds": args.linger if any(t[2] == "whisperlive" for t in args.targets) else None,
+            "realtime_latency": args.realtime_latency if any(t[2] == "realtime" for t in args.targets) else None,
             "target_p95_seconds": stats.TARGET_P95_SECONDS, "wer_tolerance": stats.WER_TOLERANCE,
         },
         "scripts": [{"index": s.index, "voice": s.voice, "seconds": round(s.seconds, 3),
@@ -300,25 +341,27 @@ def main(argv: list[str] | None = None) -> int:
         "targets": [],
     }
     print(f"results -> {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}", flush=True)
-    for name in args.targets:
-        server = servers.make(name, log_dir)
-        target = {"name": name, "runs": [], "error": None}
+    for name, server_name, protocol in args.targets:
+        server = make_server(name, server_name, log_dir)
+        target = {"name": name, "protocol": protocol, "mode": server_name, "runs": [], "error": None}
         results["targets"].append(target)
         print(f"starting {name}: {shlex.join(server.argv[1:])}", flush=True)
         try:
-            target.update(target_info(server))
+            target.update(target_info(server, server_name))
             server.start()
-            target["warm_up"] = asyncio.run(warm_up(server, args))
+            target["warm_up"] = asyncio.run(warm_up(server, args, protocol))
             print(f"  {name} ready on {server.url}; warm-up {target['warm_up']}", flush=True)
             for n in args.n_values:
                 if not server.alive():
                     target["error"] = f"server exited ({server.process.returncode}) before N={n}"
                     print(f"  {name}: {target['error']}\n{server.log_tail()}", flush=True)
                     break
-                run = asyncio.run(run_n(server, scripts[:n], offline, args))
+                run = asyncio.run(run_n(server, scripts[:n], offline, args, protocol))
                 target["runs"].append(run)
                 save(results, args.out)
-                print("  " + stats.progress_line(name, n, run["summary"], run["cpu"], args.protocol), flush=True)
+                print("  " + stats.progress_line(name, n, run["summary"], run["cpu"], protocol,
+                                                 label="target" if args.protocol == "protocols" else None),
+                      flush=True)
                 if run["file_backlog"]:
                     b = run["file_backlog"]
                     print(f"      files: {b['files_done']} done ({b['audio_seconds']} s of audio), "
@@ -353,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{h['wer_key']} within {stats.WER_TOLERANCE} of {h['baseline_wer']} at N={h['baseline_n']})"
               + (f"; first failure N={h['first_failure']['n']}: {h['first_failure']['why']}" if h["first_failure"] else ""),
               flush=True)
+    if args.protocol == "protocols":
+        print("protocols side by side (same audio, same pod mode):", flush=True)
+        for line in stats.protocol_lines(results["targets"]):
+            print("  " + line, flush=True)
     print(f"wrote {args.out}", flush=True)
     return 0
 

@@ -131,9 +131,12 @@ def headline(target: dict) -> dict:
     return out
 
 
-def progress_line(target: str, n: int, summary: dict, cpu: dict | None, protocol: str) -> str:
+def progress_line(target: str, n: int, summary: dict, cpu: dict | None, protocol: str,
+                  label: str | None = None) -> str:
     """One line per N: `mode=batched N=4: p95 final 1.20 s, WER 0.18, cpu 1.60 cores | ...`."""
-    what, label = ("final", "mode") if protocol == "native" else ("completed", "server")
+    what, default_label = {"native": ("final", "mode"), "realtime": ("completed", "mode")}.get(
+        protocol, ("completed", "server"))
+    label = label or default_label
 
     def f(x, unit=" s", digits=2):
         return "-" if x is None else f"{x:.{digits}f}{unit}"
@@ -144,10 +147,64 @@ def progress_line(target: str, n: int, summary: dict, cpu: dict | None, protocol
             f"worst WER {f(summary['wer_worst'], '')}")
     if summary.get("wer_excess_mean") is not None:
         line += f", over offline {summary['wer_excess_mean']:+.2f}"
-    if protocol == "native":
+    if protocol in ("native", "realtime"):
         line += f", partial gap p95 {f(summary['partial_gap_p95'])}"
     if summary["refused"] or summary["errors"]:
         line += f", {summary['refused']} refused, {summary['errors']} failed"
     if cpu is not None and cpu["other_cores"] > 0.25:
         line += f"  [other load on this machine: {cpu['other_cores']:.2f} cores - numbers not clean]"
     return line
+
+
+PROTOCOL_TOLERANCE = 0.10
+"""Issue #19: the protocols' p95 final latency and WER within 10 % of each other at the same N."""
+
+
+def protocol_rows(targets: list[dict]) -> list[dict]:
+    """One row per (target, N) of a --protocols run: protocol, mode, N and its numbers, with each
+    number's relative distance from the best protocol at the same mode and N (0.0 for the best)."""
+    rows = []
+    for t in targets:
+        for run in t.get("runs", []):
+            s = run["summary"]
+            rows.append({"target": t["name"], "protocol": t.get("protocol"), "mode": t.get("mode"), "n": run["n"],
+                         "final_p95": s["final_p95"], "wer_mean": s["wer_mean"],
+                         "wer_offline_mean": s.get("wer_offline_mean"), "wer_excess_mean": s.get("wer_excess_mean"),
+                         "ok": s["ok"], "streams": s["streams"]})
+    for row in rows:
+        peers = [r for r in rows if r["mode"] == row["mode"] and r["n"] == row["n"]]
+        for key in ("final_p95", "wer_mean"):
+            values = [r[key] for r in peers if r[key] is not None]
+            best = min(values) if values else None
+            row[key + "_vs_best"] = (None if row[key] is None or not best else round(row[key] / best - 1, 4))
+    return rows
+
+
+def protocol_lines(targets: list[dict]) -> list[str]:
+    """The comparison, one line per protocol and N, and whether each N's protocols are within 10 %."""
+    rows = protocol_rows(targets)
+
+    def f(x, unit="", digits=2):
+        return "-" if x is None else f"{x:.{digits}f}{unit}"
+
+    def pct(x):
+        return "-" if x is None else f"{x * 100:+.0f} %"
+
+    lines = []
+    for row in rows:
+        line = (f"{row['protocol']:<11} mode={row['mode']} N={row['n']}: p95 final {f(row['final_p95'], ' s')} "
+                f"({pct(row['final_p95_vs_best'])} vs best), WER {f(row['wer_mean'], '', 3)} "
+                f"({pct(row['wer_mean_vs_best'])} vs best)")
+        if row["wer_offline_mean"] is not None:
+            line += f", offline WER {f(row['wer_offline_mean'], '', 3)}"
+        if row["ok"] != row["streams"]:
+            line += f", {row['streams'] - row['ok']} of {row['streams']} streams not ok"
+        lines.append(line)
+    for mode, n in sorted({(r["mode"], r["n"]) for r in rows}, key=lambda k: (str(k[0]), k[1])):
+        peers = [r for r in rows if r["mode"] == mode and r["n"] == n]
+        worst = {key: max((r[key + "_vs_best"] for r in peers if r[key + "_vs_best"] is not None), default=None)
+                 for key in ("final_p95", "wer_mean")}
+        ok = all(v is not None and v <= PROTOCOL_TOLERANCE for v in worst.values())
+        lines.append(f"mode={mode} N={n}: p95 spread {pct(worst['final_p95'])}, WER spread {pct(worst['wer_mean'])}"
+                     f" -> {'within' if ok else 'NOT within'} {PROTOCOL_TOLERANCE:.0%} of each other")
+    return lines
