@@ -54,6 +54,8 @@ DEFAULT_QUERIES: dict[str, str] = {
     "sampledAt": "min(timestamp(voxfleet_pod_sessions_active{$pods}))",
     "queueLength": "sum(voxfleet_router_sessions_queued{$routers})",
     "queueWaitSeconds": "max(voxfleet_router_queue_oldest_wait_seconds{$routers})",
+    # Reserved slots that key clients hold (spec.reserve): the policy keeps only the unused rest free on top.
+    "reservedInUse": "sum(voxfleet_router_reserved_slots_in_use{$routers})",
     # New sessions per second, counted by the routers: they live longer than any burst pod, so a
     # session that reaches a pod before Prometheus' first scrape of it is counted all the same. A pool
     # without routers (or whose routers are not scraped) falls back to the pods' own counters.
@@ -247,11 +249,12 @@ def read(client: PrometheusClient, queries: Mapping[str, str], now: float, repli
     sampled = scalar("sampledAt")
     start = scalar("podStartSeconds")
     cpas = scalar("computePerAudioSecond")
+    reserved_in_use = scalar("reservedInUse")
 
     values = {"readyReplicas": ready, "activeSessions": active, "freeSlots": free, "queueLength": queue,
               "queueWaitSeconds": wait, "arrivalRate": arrivals, "departureRate": departures,
               "capacityPerPod": capacity, "computePerAudioSecond": cpas, "podStartSeconds": start,
-              "sampledAt": sampled}
+              "sampledAt": sampled, "reservedInUse": reserved_in_use}
     if reachable:
         for name in ("readyReplicas", "activeSessions", "freeSlots", "queueLength"):
             if values[name] is None and not any(e.startswith(name + ":") for e in errors):
@@ -273,7 +276,7 @@ def read(client: PrometheusClient, queries: Mapping[str, str], now: float, repli
         pod_start_seconds=start, capacity_per_pod=whole(capacity) or None,
         compute_per_audio_second=cpas if cpas is not None and cpas > 0 else None,
         draining=draining, pod_sessions=pod_sessions,
-        sampled_at=None if sampled is None else min(sampled, now),
+        sampled_at=None if sampled is None else min(sampled, now), reserved_in_use=whole(reserved_in_use),
     )
     return Reading(obs, tuple(errors), reachable, values)
 

@@ -91,6 +91,14 @@ def test_a_full_answer_becomes_observations():
     assert obs.sampled_at == 995.0
 
 
+def test_reserved_slots_in_use_are_read_from_the_routers_and_unknown_stays_unknown():
+    client, queries, _ = reader({**BUSY, "reservedInUse": [({"pod": "en-router-a"}, 2), ({"pod": "en-router-b"}, 1)]})
+    assert 'voxfleet_router_reserved_slots_in_use{namespace="speech",pod=~"en-router-.+"}' in queries["reservedInUse"]
+    assert prom.read(client, queries, now=1000.0, replicas=2).observations.reserved_in_use == 3  # summed over routers
+    client, queries, _ = reader(BUSY)
+    assert prom.read(client, queries, now=1000.0, replicas=2).observations.reserved_in_use is None
+
+
 def test_draining_ordinals_are_not_serving_capacity():
     client, queries, _ = reader(BUSY)
     obs = prom.read(client, queries, now=1000.0, replicas=2, draining={1}).observations
