@@ -94,13 +94,12 @@ class FileApi:
                                   kind="server_error")
         self.held_seconds += duration
         try:
-            return await self._decode(request, form, audio)
+            return await self._decode(request, form, audio, duration)
         finally:
             self.held_seconds -= duration
 
-    async def _decode(self, request: web.Request, form: "Form", audio) -> web.StreamResponse:
+    async def _decode(self, request: web.Request, form: "Form", audio, duration: float) -> web.StreamResponse:
         pod = self.pod
-        duration = len(audio) / SR
         pod.metrics.file_audio_seconds.inc(duration)
         speech = await asyncio.to_thread(speech_probabilities, audio)
         spans = speech_spans(speech, pod.settings.vad_threshold)
@@ -148,7 +147,7 @@ class Form:
         self.prompt = upload.field("prompt")
         self.response_format = upload.field("response_format") or "json"
         self.granularities = upload.values("timestamp_granularities[]", "timestamp_granularities")
-        self.stream = upload.field("stream", "false").strip().lower() in ("true", "1")
+        self.stream = upload.stream
         oa.check_format(self.response_format, self.granularities)
         try:
             float(upload.field("temperature") or 0)

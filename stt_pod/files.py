@@ -160,7 +160,6 @@ def keep_words(words: list[Word], window_seconds: float, last: bool) -> tuple[li
 
 @dataclass(frozen=True)
 class WindowResult:
-    offset: float  # seconds into the file
     end: float  # the file is transcribed up to here (this chapter's part of it)
     segments: list[Segment]
 
@@ -187,7 +186,7 @@ async def _chapter(submit: Submit, audio: np.ndarray, speech: np.ndarray | None,
         timed = [TimedWord(w.text, w.start + offset, w.end + offset, w.probability) for w in kept]
         previous = (previous + "".join(w.text for w in kept))[-PREVIOUS_CHARACTERS:]
         seek = max(seek + 1, seek + int(advance * SR)) if stop < end else end
-        await out.put(WindowResult(offset, seek / SR, split_segments(timed)))
+        await out.put(WindowResult(seek / SR, split_segments(timed)))
     await out.put(None)
 
 

@@ -33,6 +33,11 @@ class Upload:
     def values(self, *names: str) -> list[str]:
         return [v for k, v in self.fields if k in names]
 
+    @property
+    def stream(self) -> bool:
+        """Whether the client asked for server-sent events (`stream=true`)."""
+        return self.field("stream", "false").strip().lower() in ("true", "1")
+
 
 async def read_upload(request: web.Request, max_bytes: int, timeout: float) -> Upload:
     """The form's file and fields, or RequestError (400, 408, 413) in OpenAI's shape."""

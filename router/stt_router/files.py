@@ -389,5 +389,4 @@ async def read_job(request: web.Request, max_upload_bytes: int, timeout: float) 
         upload = await read_upload(request, max_upload_bytes, timeout)
     except oa.RequestError as exc:
         raise Refusal({413: "too_large", 408: "upload_timeout"}.get(exc.status, "bad_request"), exc) from None
-    stream = upload.field("stream", "false").strip().lower() in ("true", "1")
-    return FileJob(upload.fields, upload.data, upload.filename, upload.content_type, stream)
+    return FileJob(upload.fields, upload.data, upload.filename, upload.content_type, upload.stream)
